@@ -1,0 +1,1 @@
+from . import hf, transformer  # noqa: F401

@@ -1,0 +1,43 @@
+"""The backbone (mask predictor) contract."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """Predicts the original token at every position in one pass.
+
+    `hidden` and `logits_from_hidden` are split so that estimators project to the vocabulary only
+    at the positions a loss needs: at a 32k-126k vocabulary that is most of the memory.
+    """
+
+    mask_token_id: int
+    vocab_size: int
+
+    def __call__(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def hidden(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+def token_logprobs(
+    backbone: Backbone,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    select: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """log p(targets) at the `select`ed positions only, as a flat vector in row-major order.
+
+    The vocabulary projection and log-softmax run on the selected rows, so peak memory is
+    |select| x V instead of B x L x V.
+    """
+    h = backbone.hidden(inputs, attention_mask)
+    rows = h[select]
+    logits = backbone.logits_from_hidden(rows).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[select].unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,51 @@
+"""Build the pieces a recipe names. The only place that knows how they fit together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .recipe import Spec
+from .registry import backbones, load_entry_point_plugins, load_presets, tokenizers
+
+
+def build_tokenizer(spec: Spec) -> Any:
+    load_presets()
+    load_entry_point_plugins()
+    return tokenizers.build(spec, where="tokenizer")
+
+
+def build_backbone(spec: Spec, tokenizer: Any | None = None) -> Any:
+    """A new in-house transformer takes its vocabulary size and mask id from the tokenizer."""
+    load_presets()
+    load_entry_point_plugins()
+    flat = backbones.expand(spec, where="backbone")
+    if flat["type"] == "transformer" and flat.get("path") is None and tokenizer is not None:
+        flat.setdefault("vocab_size", tokenizer.vocab_size)
+        flat.setdefault("mask_token_id", tokenizer.mask_token_id)
+    return backbones.build(flat, where="backbone")
+
+
+def load_model(name_or_path: str) -> tuple[Any, Any]:
+    """(backbone, tokenizer) from a preset name (backbone and tokenizer presets of that name) or
+    a model folder saved by maskgrpo (`sft`'s or `train`'s `model/`)."""
+    import json
+    from pathlib import Path
+
+    from .errors import MaskGRPOError
+    from .tokenizers.char import CharTokenizer
+
+    load_presets()
+    if name_or_path in backbones and name_or_path in tokenizers:
+        tokenizer = build_tokenizer(name_or_path)
+        return build_backbone(name_or_path, tokenizer), tokenizer
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        names = sorted(p.name for p in backbones.presets())
+        raise MaskGRPOError(f"--model: '{name_or_path}' is neither a folder nor a model preset (presets: {', '.join(names)})")
+    if (folder / CharTokenizer.FILE).is_file():
+        tokenizer = build_tokenizer({"type": "char", "path": str(folder)})
+    else:
+        tokenizer = build_tokenizer({"type": "hf", "path": str(folder)})
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    kind = "transformer" if config.get("_class_name") == "MaskedTransformer" else "hf"
+    return build_backbone({"type": kind, "path": str(folder)}, tokenizer), tokenizer

@@ -1,0 +1,67 @@
+"""Generate completions for a list of prompts and score them: shared by SFT, GRPO and eval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .backbones.base import Backbone
+from .data import encode_prompts
+from .tasks.base import Example
+from .tokenizers.base import TextTokenizer, decode_completion
+from .utils import make_generator
+
+
+@torch.no_grad()
+def generate(
+    backbone: Backbone,
+    tokenizer: TextTokenizer,
+    sampler,
+    prompts: list[str],
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[str]:
+    """Completions as text, batched; deterministic for a seed."""
+    was_training = getattr(backbone, "training", False)
+    if hasattr(backbone, "eval"):
+        backbone.eval()
+    out: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids, attn = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+            rollout = sampler.sample(backbone, ids, make_generator(seed, start), attention_mask=attn)
+            out += [decode_completion(tokenizer, row.tolist()) for row in rollout.completion]
+    finally:
+        if was_training:
+            backbone.train()
+    return out
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    records: list[dict]
+
+
+def evaluate_accuracy(
+    backbone: Backbone,
+    tokenizer: TextTokenizer,
+    sampler,
+    examples: list[Example],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Held-out accuracy, judged by the same math metric the `math_accuracy` reward uses."""
+    from .metrics.math import judge
+
+    completions = generate(backbone, tokenizer, sampler, [e.prompt for e in examples], batch_size, 0, device)
+    records = []
+    for ex, completion in zip(examples, completions):
+        verdict = judge(completion, ex.answer)
+        records.append(
+            {"prompt": ex.prompt, "answer": ex.answer, "completion": completion, "extracted": verdict.extracted, "correct": verdict.correct}
+        )
+    accuracy = sum(r["correct"] for r in records) / max(len(records), 1)
+    return EvalResult(accuracy, records)

@@ -1,0 +1,228 @@
+"""Recipes: one YAML file describes a whole run; the schema below is the single source of truth.
+
+Components (backbone, tokenizer, task, samplers, estimator, rewards) are specs resolved by the
+registry: a name, a preset, or `{type: name, **kwargs}`. `--set a.b=c` overrides are applied to
+the raw YAML before validation, so they are typed exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import MaskGRPOError, RecipeError, format_validation_error
+from .registry import REGISTRIES, load_entry_point_plugins, load_plugins, load_presets
+
+Spec = Union[str, dict[str, Any]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RewardSpec(_Strict):
+    """One reward term: a registered reward (`type`), its weight and its options."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    weight: float = 1.0
+    name: str | None = Field(None, description="label in logs; default: the type")
+
+    def component(self) -> dict[str, Any]:
+        return {"type": self.type, **(self.model_extra or {})}
+
+
+class GRPOConfig(_Strict):
+    group_size: int = Field(8, ge=2, description="completions per prompt (G)")
+    num_iterations: int = Field(4, ge=1, description="inner updates per rollout batch (mu)")
+    epsilon_low: float = Field(0.2, ge=0)
+    epsilon_high: float = Field(0.2, ge=0)
+    beta: float = Field(0.0, ge=0, description="k3 KL weight; 0 loads no reference model")
+    advantage_std: Literal["group", "batch", "none"] = "group"
+    loss_agg: Literal["token", "seq"] = "token"
+    ref_sync_steps: int | None = Field(None, ge=1, description="copy the policy into the reference every K steps")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    eval_every: int = Field(50, ge=0, description="0: evaluate only before and after")
+    save_every: int = Field(0, ge=0, description="0: save only at the end")
+    device: str = "cpu"
+    eval_batch_size: int = Field(256, ge=1)
+
+
+class SFTConfig(_Strict):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    eval_every: int = Field(500, ge=0)
+    min_mask_rate: float = Field(1e-3, gt=0, le=1, description="t ~ U(min_mask_rate, 1)")
+    save_to: str | None = Field(None, description="also save the trained model (and tokenizer) here")
+    device: str = "cpu"
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: float = 16
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+
+class Recipe(_Strict):
+    kind: Literal["grpo", "sft"]
+    name: str
+    seed: int = 0
+    output_dir: str
+    plugins: list[str] = []
+    backbone: Spec
+    tokenizer: Spec
+    task: Spec
+    sampler: Spec
+    eval_sampler: Spec | None = Field(None, description="default: the rollout sampler at temperature 0")
+    estimator: Spec | None = None
+    rewards: list[RewardSpec] = []
+    grpo: GRPOConfig = GRPOConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    sft: SFTConfig | None = None
+    lora: LoraConfig | None = None
+
+    # Where the YAML came from: plugin paths are relative to it.
+    source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _sections_for_kind(self) -> "Recipe":
+        if self.kind == "grpo":
+            if self.estimator is None:
+                raise ValueError("a grpo recipe needs an 'estimator'")
+            if not self.rewards:
+                raise ValueError("a grpo recipe needs at least one entry in 'rewards'")
+        if self.kind == "sft" and self.sft is None:
+            raise ValueError("an sft recipe needs an 'sft' section")
+        return self
+
+    @property
+    def source_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MaskGRPOError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` (value parsed as YAML) in place. A component given by name
+    becomes `{type: name}` when one of its options is set."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        path = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, path)
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str):
+            child = node[part] = {"type": child}
+        elif not isinstance(child, (dict, list)):
+            raise RecipeError(f"--set {key}: '{path}' is a value ({child!r}), not a section")
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last) if last.isdigit() else None
+        if index is None or index >= len(node):
+            raise RecipeError(f"--set {key}: no list item '{last}'")
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def _list_item(node: list[Any], part: str, path: str) -> Any:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"--set: '{path}': no list item '{part}' (the list has {len(node)})")
+    item = node[int(part)]
+    if isinstance(item, str):
+        item = node[int(part)] = {"type": item}
+    return item
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_components: bool = True) -> Recipe:
+    """Read, override, validate. With `check_components`, also load plugins and check every
+    component spec against the registry (nothing heavy is built)."""
+    data = copy.deepcopy(read_yaml(path))
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        recipe = Recipe.model_validate({**data, "source": str(path)})
+    except pydantic.ValidationError as err:
+        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+    if check_components:
+        validate_components(recipe, prefix=str(path))
+    return recipe
+
+
+def validate_components(recipe: Recipe, prefix: str = "") -> None:
+    load_presets()
+    load_entry_point_plugins()
+    load_plugins(recipe.plugins, recipe.source_dir)
+    pre = f"{prefix}: " if prefix else ""
+    checks: list[tuple[str, str, Spec | None]] = [
+        ("backbones", "backbone", recipe.backbone),
+        ("tokenizers", "tokenizer", recipe.tokenizer),
+        ("tasks", "task", recipe.task),
+        ("samplers", "sampler", recipe.sampler),
+        ("samplers", "eval_sampler", recipe.eval_sampler),
+        ("estimators", "estimator", recipe.estimator),
+    ]
+    checks += [("rewards", f"rewards.{i}", r.component()) for i, r in enumerate(recipe.rewards)]
+    for kind, field, spec in checks:
+        if spec is None:
+            continue
+        try:
+            REGISTRIES[kind].validate(spec, where=field)
+        except MaskGRPOError as err:
+            raise type(err)(f"{pre}{err}") from None

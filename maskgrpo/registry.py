@@ -1,0 +1,288 @@
+"""Named components: one `Registry` per kind, built from a name, a preset or `{type: ..., **kwargs}`.
+
+A typo in a recipe must be an error that names the field, never a silent default, so every
+factory's keyword arguments are validated by a pydantic model derived from its signature
+(`extra="forbid"`). Presets are named, ready-made specs read from `registry/*.yaml`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pydantic
+import yaml
+
+from .errors import MaskGRPOError, RecipeError, UnknownComponentError, format_validation_error
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "registry"
+
+
+@dataclass
+class Entry:
+    """A registered component type: how to make it and which keyword arguments it takes."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    params: type[pydantic.BaseModel]
+
+
+@dataclass
+class Preset:
+    """A named spec (`{type: ..., **kwargs}`) loaded from a presets YAML file."""
+
+    name: str
+    spec: dict[str, Any]
+    description: str
+    source: str
+
+
+def _first_line(doc: str | None) -> str:
+    """The docstring's first sentence (which may wrap over several lines)."""
+    paragraph = " ".join(line.strip() for line in (doc or "").strip().split("\n\n")[0].splitlines())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
+def _params_model(kind: str, name: str, obj: Callable[..., Any], callable_component: bool) -> type[pydantic.BaseModel]:
+    """Derive a strict pydantic model from the keyword arguments that configure `obj`."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to Any
+        hints = {}
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    for i, (pname, p) in enumerate(inspect.signature(target).parameters.items()):
+        if inspect.isclass(obj) and i == 0:
+            continue  # self
+        if p.kind is p.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        if callable_component and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            continue  # data arguments of a callable component (e.g. a reward's prompts, completions)
+        annotation = hints.get(pname, Any)
+        default = ... if p.default is p.empty else p.default
+        fields[pname] = (annotation, default)
+    config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
+    return pydantic.create_model(f"{kind}:{name}", __config__=config, **fields)
+
+
+class Registry:
+    """Components of one kind (backbones, samplers, rewards, ...) registered by name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._presets: dict[str, Preset] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, name: str, *, description: str | None = None) -> Callable[[Any], Any]:
+        """Decorator. A class (or factory function) is called with the validated kwargs; a
+        function whose first parameters have no defaults (a reward's `prompts, completions`) is
+        a callable component: `build` returns it with its keyword-only options bound."""
+
+        def decorator(obj: Any) -> Any:
+            if name in self._entries or name in self._presets:
+                raise ValueError(f"{self.kind} '{name}' is already registered")
+            is_callable_component = not inspect.isclass(obj) and any(
+                p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                for p in inspect.signature(obj).parameters.values()
+            )
+            factory = _bind_options(obj) if is_callable_component else obj
+            params = _params_model(self.kind, name, obj, is_callable_component)
+            self._entries[name] = Entry(name, factory, description or _first_line(obj.__doc__), params)
+            return obj
+
+        return decorator
+
+    def add_preset(self, name: str, spec: dict[str, Any], description: str = "", source: str = "") -> None:
+        if name in self._entries or name in self._presets:
+            raise ValueError(f"{self.kind} preset '{name}' clashes with an existing name ({source})")
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise MaskGRPOError(f"{source}: preset '{name}' needs a 'type' field")
+        self._presets[name] = Preset(name, dict(spec), description, source)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def presets(self) -> list[Preset]:
+        return [self._presets[k] for k in sorted(self._presets)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries or name in self._presets
+
+    def get(self, name: str, where: str | None = None) -> Entry:
+        if name in self._entries:
+            return self._entries[name]
+        known = list(self._entries) + list(self._presets)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; known: {', '.join(sorted(known))}"
+        prefix = f"{where}: " if where else ""
+        raise UnknownComponentError(f"{prefix}unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} '{name}'{hint}")
+
+    def expand(self, spec: str | dict[str, Any], where: str | None = None) -> dict[str, Any]:
+        """Turn a name, a preset or a mapping into a flat `{type: registered_name, **kwargs}`."""
+        where = where or self.kind
+        if isinstance(spec, str):
+            spec = {"type": spec}
+        if not isinstance(spec, dict) or "type" not in spec:
+            raise RecipeError(f"{where}: expected a name or a mapping with a 'type' field, got {spec!r}")
+        spec = dict(spec)
+        seen: list[str] = []
+        while spec["type"] in self._presets:  # presets may refine other presets
+            name = spec["type"]
+            if name in seen:
+                raise MaskGRPOError(f"{where}: preset cycle {' -> '.join(seen + [name])}")
+            seen.append(name)
+            spec = {**self._presets[name].spec, **{k: v for k, v in spec.items() if k != "type"}}
+        if not isinstance(spec["type"], str):
+            raise RecipeError(f"{where}.type: expected a name, got {spec['type']!r}")
+        self.get(spec["type"], where)
+        return spec
+
+    def validate(self, spec: str | dict[str, Any], where: str | None = None) -> tuple[Entry, dict[str, Any]]:
+        """Resolve `spec` and check its kwargs without building anything."""
+        where = where or self.kind
+        flat = self.expand(spec, where)
+        entry = self.get(flat["type"], where)
+        kwargs = {k: v for k, v in flat.items() if k != "type"}
+        try:
+            model = entry.params.model_validate(kwargs)
+        except pydantic.ValidationError as err:
+            raise RecipeError(format_validation_error(err, where)) from None
+        values = {k: getattr(model, k) for k in model.model_fields_set}
+        values.update(model.model_extra or {})
+        return entry, values
+
+    def build(self, spec: str | dict[str, Any], where: str | None = None, **runtime: Any) -> Any:
+        """Build a component. `runtime` kwargs (objects, not config) are passed through unvalidated."""
+        entry, kwargs = self.validate(spec, where)
+        return entry.factory(**kwargs, **runtime)
+
+
+def _bind_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def factory(**options: Any) -> Callable[..., Any]:
+        if not options:
+            return fn
+        import functools
+
+        bound = functools.partial(fn, **options)
+        functools.update_wrapper(bound, fn)
+        return bound
+
+    return factory
+
+
+backbones = Registry("backbones")
+tokenizers = Registry("tokenizers")
+samplers = Registry("samplers")
+estimators = Registry("estimators")
+rewards = Registry("rewards")
+metrics = Registry("metrics")
+tasks = Registry("tasks")
+detectors = Registry("detectors")
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r for r in (backbones, tokenizers, samplers, estimators, rewards, metrics, tasks, detectors)
+}
+
+
+@dataclass
+class _State:
+    presets_loaded: bool = False
+    entry_points_loaded: bool = False
+    plugins: list[str] = field(default_factory=list)
+
+
+_state = _State()
+
+
+def _resolve_preset_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative `path` fields in a preset file are relative to that file, so presets can point
+    at checkpoints shipped in the repository."""
+    path = spec.get("path")
+    if isinstance(path, str) and (path.startswith("./") or path.startswith("../")):
+        spec = {**spec, "path": str((base / path).resolve())}
+    return spec
+
+
+def load_presets(dirs: list[Path] | None = None) -> None:
+    """Read every `<kind>.yaml` in the preset folders (the repository's `registry/` and any
+    folder in `$MASKGRPO_PRESET_PATH`). Each top-level key is a preset name."""
+    if dirs is None:
+        if _state.presets_loaded:
+            return
+        _state.presets_loaded = True
+        dirs = [PRESET_DIR] + [Path(p) for p in os.environ.get("MASKGRPO_PRESET_PATH", "").split(os.pathsep) if p]
+    for folder in dirs:
+        for file in sorted(Path(folder).glob("*.yaml")):
+            kind = file.stem
+            if kind not in REGISTRIES:
+                raise MaskGRPOError(f"{file}: no registry kind '{kind}' (known: {', '.join(REGISTRIES)})")
+            try:
+                data = yaml.safe_load(file.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise MaskGRPOError(f"{file}: invalid YAML: {str(err).splitlines()[0]}") from None
+            for name, spec in data.items():
+                if not isinstance(spec, dict):
+                    raise MaskGRPOError(f"{file}: preset '{name}' must be a mapping")
+                spec = dict(spec)
+                description = str(spec.pop("description", ""))
+                REGISTRIES[kind].add_preset(name, _resolve_preset_paths(spec, file.parent), description, str(file))
+
+
+def load_entry_point_plugins() -> None:
+    """Import installed packages that declare the `maskgrpo.plugins` entry-point group."""
+    if _state.entry_points_loaded:
+        return
+    _state.entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group="maskgrpo.plugins"):
+        ep.load()
+
+
+def load_plugins(plugins: list[str], base_dir: Path | None = None) -> None:
+    """Import user modules (dotted names or `.py` files, relative to `base_dir`) so that their
+    `@rewards.register(...)` decorators run before a recipe is built."""
+    for plugin in plugins:
+        if plugin in _state.plugins:
+            continue
+        if plugin.endswith(".py"):
+            path = Path(plugin)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            if not path.is_file():
+                raise MaskGRPOError(f"plugins: file not found: {path}")
+            module_name = f"maskgrpo_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ModuleNotFoundError as err:
+                raise MaskGRPOError(f"plugins: cannot import module '{plugin}' ({err})") from None
+        _state.plugins.append(plugin)
+
+
+def get_registry(kind: str) -> Registry:
+    if kind not in REGISTRIES:
+        close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(REGISTRIES)}"
+        raise UnknownComponentError(f"unknown registry kind '{kind}'{hint}")
+    return REGISTRIES[kind]

@@ -1,0 +1,1 @@
+from . import math  # noqa: F401

@@ -1,0 +1,54 @@
+"""What every rollout sampler returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """Prompt + completion tokens and, for every completion position, the step that committed it.
+
+    `decode_step` is what TraceRL-style estimators replay and what analysis plots; samplers
+    never re-mask, so each position has exactly one step.
+    """
+
+    tokens: torch.Tensor  # [B, P + L]
+    prompt_length: int  # P
+    decode_step: torch.Tensor  # [B, L], in [0, steps)
+    attention_mask: torch.Tensor | None = None  # [B, P + L]; False on left padding
+
+    @property
+    def completion(self) -> torch.Tensor:
+        return self.tokens[:, self.prompt_length :]
+
+    def index(self, rows: torch.Tensor | slice) -> "Rollout":
+        mask = None if self.attention_mask is None else self.attention_mask[rows]
+        return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """argmax(logits / tau + Gumbel) in float64 (low-precision Gumbel sampling is biased); tau = 0
+    is greedy. Equivalent to sampling from softmax(logits / tau)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=_gen_device(generator))
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return (logits.double() / temperature + gumbel.to(logits.device)).argmax(dim=-1)
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=_gen_device(generator)).to(device)
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def top_k_per_row(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the k[b] highest scores in each row b (stable on ties)."""
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return ranks < k[:, None]

@@ -1,0 +1,122 @@
+"""LLaDA's semi-autoregressive text sampler with low-confidence (or random) remasking.
+
+The completion starts all-mask and is decoded in blocks, left to right. Each block gets an equal
+share of the steps; within a block the still-masked tokens are shared evenly over its remaining
+steps, and each step commits the most confident predictions inside the block.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ..backbones.base import Backbone
+from ..errors import MaskGRPOError
+from ..registry import samplers
+from .base import Rollout, gumbel_argmax, top_k_per_row, uniform
+
+
+def commit_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B] masked counts -> [B, steps] tokens to commit per step: the count split evenly, the
+    remainder going to the first steps (sums to `masked` exactly)."""
+    base = masked // steps
+    extra = masked % steps
+    return base[:, None] + (torch.arange(steps, device=masked.device)[None, :] < extra[:, None]).long()
+
+
+@samplers.register("low_confidence")
+class LowConfidenceSampler:
+    """LLaDA text sampler: blocks left to right, commit the k most confident tokens per step."""
+
+    def __init__(
+        self,
+        gen_length: int = 256,
+        block_length: int = 16,
+        steps: int = 128,
+        temperature: float = 0.0,
+        cfg_scale: float = 0.0,
+        remasking: Literal["low_confidence", "random"] = "low_confidence",
+    ):
+        if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
+            raise MaskGRPOError(f"sampler.block_length: {block_length} must divide gen_length {gen_length}")
+        blocks = gen_length // block_length
+        if steps <= 0 or steps % blocks:
+            raise MaskGRPOError(f"sampler.steps: {steps} must be a positive multiple of the {blocks} blocks")
+        if temperature < 0:
+            raise MaskGRPOError("sampler.temperature: must be >= 0")
+        self.gen_length, self.block_length, self.steps = gen_length, block_length, steps
+        self.temperature, self.cfg_scale, self.remasking = temperature, cfg_scale, remasking
+
+    def _block_logits(
+        self, backbone: Backbone, x: torch.Tensor, attn: torch.Tensor | None, prompt_length: int, lo: int, hi: int
+    ) -> torch.Tensor:
+        if self.cfg_scale == 0:
+            return backbone.logits_from_hidden(backbone.hidden(x, attn)[:, lo:hi])
+        # Classifier-free guidance: the unconditional input has the prompt masked (padding kept).
+        uncond = x.clone()
+        prompt = uncond[:, :prompt_length]
+        real = attn[:, :prompt_length].bool() if attn is not None else torch.ones_like(prompt, dtype=torch.bool)
+        prompt[real] = backbone.mask_token_id
+        both_attn = None if attn is None else torch.cat([attn, attn])
+        logits = backbone.logits_from_hidden(backbone.hidden(torch.cat([x, uncond]), both_attn)[:, lo:hi])
+        cond, unc = logits.chunk(2)
+        return unc + (1 + self.cfg_scale) * (cond - unc)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        backbone: Backbone,
+        prompt_tokens: torch.Tensor,
+        generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> Rollout:
+        batch, prompt_length = prompt_tokens.shape
+        mask_id = backbone.mask_token_id
+        device = prompt_tokens.device
+        completion = torch.full((batch, self.gen_length), mask_id, dtype=torch.long, device=device)
+        x = torch.cat([prompt_tokens, completion], dim=1)
+        attn = None
+        if attention_mask is not None:
+            attn = torch.cat([attention_mask.bool(), torch.ones_like(completion, dtype=torch.bool)], dim=1)
+        decode_step = torch.full((batch, self.gen_length), -1, dtype=torch.long, device=device)
+        blocks = self.gen_length // self.block_length
+        steps_per_block = self.steps // blocks
+        step = 0
+        for b in range(blocks):
+            lo = prompt_length + b * self.block_length
+            hi = lo + self.block_length
+            counts = commit_schedule((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
+            for s in range(steps_per_block):
+                k = counts[:, s]
+                if int(k.max()) > 0:  # a step that commits nothing needs no forward pass
+                    logits = self._block_logits(backbone, x, attn, prompt_length, lo, hi)
+                    block = x[:, lo:hi]
+                    still_masked = block == mask_id
+                    x0 = gumbel_argmax(logits, self.temperature, generator)
+                    if self.remasking == "low_confidence":
+                        probs = torch.softmax(logits.float(), dim=-1)
+                        confidence = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+                    else:
+                        confidence = uniform(tuple(x0.shape), generator, device)
+                    confidence = confidence.masked_fill(~still_masked, float("-inf"))
+                    commit = top_k_per_row(confidence, k) & still_masked
+                    x[:, lo:hi] = torch.where(commit, x0, block)
+                    decode_step[:, lo - prompt_length : hi - prompt_length][commit] = step
+                step += 1
+        return Rollout(x, prompt_length, decode_step, attn)
+
+
+@samplers.register("random_remasking")
+class RandomRemaskingSampler(LowConfidenceSampler):
+    """LLaDA text sampler whose commit order inside a block is uniformly random."""
+
+    def __init__(
+        self,
+        gen_length: int = 256,
+        block_length: int = 16,
+        steps: int = 128,
+        temperature: float = 0.0,
+        cfg_scale: float = 0.0,
+    ):
+        super().__init__(gen_length, block_length, steps, temperature, cfg_scale, remasking="random")

@@ -1,0 +1,2 @@
+from . import arithmetic  # noqa: F401
+from .base import Example  # noqa: F401

@@ -1,0 +1,1 @@
+from . import char, hf  # noqa: F401

@@ -1,0 +1,270 @@
+"""The shapes world and its exact detector: correct renders pass GenEval's rules, wrong ones fail."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskgrpo.metrics.detectors.shapes import ShapesDetector, label_components
+from maskgrpo.metrics.geneval import evaluate_image
+from maskgrpo.registry import REGISTRIES, detectors
+from maskgrpo.tasks.shapes import (
+    BACKGROUND,
+    CLASSES,
+    COLORS,
+    TAGS,
+    ShapeObject,
+    make_example,
+    make_metadata,
+    make_wrong,
+    render,
+    suite_metadata,
+    wrong_kinds,
+    wrong_metadata,
+)
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parent.parent
+OTHER_SIZES = (48, 64, 128, 256)
+
+
+@pytest.fixture(scope="module")
+def det() -> ShapesDetector:
+    return detectors.build("shapes")
+
+
+def _size(rng: random.Random, k: int) -> int:
+    return 32 if k % 10 < 7 else rng.choice(OTHER_SIZES)
+
+
+# -- the world ------------------------------------------------------------------------------------
+def test_palette_and_classes():
+    assert COLORS == {
+        "red": (220, 40, 40),
+        "orange": (245, 140, 30),
+        "yellow": (240, 220, 40),
+        "green": (40, 170, 60),
+        "blue": (40, 80, 220),
+        "purple": (140, 60, 190),
+        "pink": (245, 150, 190),
+        "brown": (130, 80, 40),
+        "black": (20, 20, 20),
+        "white": (245, 245, 245),
+    }
+    assert BACKGROUND == (160, 160, 160)
+    assert {"circle", "square", "triangle"} <= set(CLASSES)
+    assert "detectors" in REGISTRIES and "shapes" in detectors
+
+
+def test_prompts_follow_geneval_phrasing():
+    rng = random.Random(0)
+    md = make_metadata("position", rng)
+    a, b = md["include"][1]["class"], md["include"][0]["class"]
+    rel = md["include"][1]["position"][0]
+    assert md["prompt"] == f"a photo of a {a} {rel} a {b}"
+    assert md["include"][1]["position"][1] == 0 and md["include"][0]["count"] == 1
+    md = make_metadata("counting", rng)
+    n = md["include"][0]["count"]
+    assert md["exclude"] == [{"class": md["include"][0]["class"], "count": n + 1}]
+    assert md["prompt"].startswith("a photo of " + {2: "two", 3: "three", 4: "four"}[n])
+    for tag in TAGS:
+        row = make_metadata(tag, rng)
+        assert row["tag"] == tag and row["prompt"].startswith("a photo of ")
+    orange = [make_metadata("colors", random.Random(s)) for s in range(60)]
+    assert any(r["prompt"].startswith("a photo of an orange ") for r in orange)
+
+
+def test_scenes_are_seeded_large_and_disjoint():
+    for tag in TAGS:
+        for seed in range(20):
+            md1, objs1 = make_example(tag, random.Random(seed), 32)
+            md2, objs2 = make_example(tag, random.Random(seed), 32)
+            assert md1 == md2 and objs1 == objs2
+            for i, o in enumerate(objs1):
+                assert o.radius >= 6.0 - 1e-9
+                x0, y0, x1, y1 = o.box()
+                assert x0 >= 0 and y0 >= 0 and x1 <= 32 and y1 <= 32
+                for p in objs1[i + 1 :]:
+                    assert math.hypot(o.cx - p.cx, o.cy - p.cy) >= o.radius + p.radius + 1.0
+    assert np.array_equal(np.asarray(render(objs1, 32, seed=3, noise=2)), np.asarray(render(objs1, 32, seed=3, noise=2)))
+
+
+def test_render_is_antialiased_and_exact():
+    img = np.asarray(render([ShapeObject("square", "red", 16.0, 16.0, 8 * math.sqrt(2), 0.0)], 32)).astype(float)
+    assert tuple(img[0, 0]) == BACKGROUND and tuple(img[16, 16]) == COLORS["red"]
+    # an axis-aligned square from 8 to 24 covers whole pixels: exact edges, area 256
+    assert (img[8:24, 8:24] == COLORS["red"]).all() and (img[7, 8:24] == BACKGROUND).all()
+    img = np.asarray(render([ShapeObject("circle", "blue", 16.0, 16.0, 7.3)], 32)).astype(float)
+    partial = ~((img == BACKGROUND).all(-1) | (img == COLORS["blue"]).all(-1))
+    assert partial.sum() > 20  # anti-aliased edge pixels
+    coverage = (img[..., 2] - BACKGROUND[2]) / (COLORS["blue"][2] - BACKGROUND[2])
+    assert abs(coverage.sum() - math.pi * 7.3**2) < 1.0
+
+
+def test_suite_file_matches_its_generator():
+    rows = [json.loads(line) for line in (REPO / "evals/shapes/metadata.jsonl").read_text().splitlines()]
+    assert rows == suite_metadata(10, 0)
+    assert len(rows) == 60 and {r["tag"] for r in rows} == set(TAGS)
+    for r in rows:
+        assert set(r) <= {"tag", "include", "exclude", "prompt"}
+
+
+# -- agreement with metadata ------------------------------------------------------------------------
+def test_correct_renders_agree(det):
+    rng = random.Random(1234)
+    per_tag = {}
+    failures = []
+    for tag in TAGS:
+        ok = 0
+        for k in range(100):
+            size = _size(rng, k)
+            md, objs = make_example(tag, rng, size)
+            image = render(objs, size, seed=k, jitter=rng.choice([0.0, 8.0]), noise=rng.choice([0.0, 0.0, 2.0]))
+            correct, reason, _ = evaluate_image(image, md, det)
+            ok += correct
+            if not correct:
+                failures.append((md["prompt"], size, reason))
+        per_tag[tag] = ok / 100
+    overall = sum(per_tag.values()) / len(per_tag)
+    assert overall >= 0.98, (per_tag, failures[:10])
+    assert min(per_tag.values()) >= 0.95, (per_tag, failures[:10])
+
+
+def test_wrong_renders_fail(det):
+    rng = random.Random(99)
+    judged = {"count": [], "color": [], "side": [], "class": []}
+    for tag in TAGS:
+        for k in range(60):
+            size = _size(rng, k)
+            md = make_metadata(tag, rng)
+            for kind in wrong_kinds(md):
+                image = render(make_wrong(md, kind, rng, size), size, seed=k, jitter=rng.choice([0.0, 8.0]))
+                correct, _, _ = evaluate_image(image, md, det)
+                judged[kind].append(not correct)
+    for kind, fails in judged.items():
+        assert len(fails) >= 60
+        assert sum(fails) / len(fails) >= 0.98, (kind, sum(fails), len(fails))
+
+
+def test_wrong_metadata_really_differs():
+    rng = random.Random(5)
+    md = make_metadata("counting", rng)
+    bad = wrong_metadata(md, "count", rng)
+    assert bad["include"][0]["count"] != md["include"][0]["count"]
+    md = make_metadata("position", rng)
+    bad = wrong_metadata(md, "side", rng)
+    assert bad["include"][1]["position"][0] != md["include"][1]["position"][0]
+    md = make_metadata("color_attr", rng)
+    bad = wrong_metadata(md, "color", rng)
+    assert [e["color"] for e in bad["include"]] != [e["color"] for e in md["include"]]
+    with pytest.raises(ValueError):
+        wrong_metadata(make_metadata("single_object", rng), "side", rng)
+
+
+# -- detector robustness ----------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+def test_single_objects_any_size_rotation_colour(det, size):
+    rng = random.Random(size)
+    errors = []
+    n = 60 if size <= 64 else 24
+    for i in range(n):
+        shape = CLASSES[i % len(CLASSES)]
+        color = list(COLORS)[i % len(COLORS)]
+        # object extent from 8 px up to half the image
+        r = 4.0 if i % 4 == 0 else (size / 4 if i % 4 == 1 else rng.uniform(4.0, size / 4))
+        cx, cy = rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1)
+        obj = ShapeObject(shape, color, cx, cy, r, rng.uniform(0, 360))
+        image = render([obj], size, seed=i, jitter=rng.choice([0.0, 10.0]), noise=rng.choice([0.0, 3.0]))
+        dets = det.detect(image)
+        got = [(d.label, d.color, d.score) for d in dets]
+        if got != [(shape, color, 1.0)]:
+            errors.append((shape, color, round(r, 1), got))
+            continue
+        box = np.asarray(dets[0].box)
+        assert np.abs(box - np.asarray(obj.box())).max() < 1.0, (box, obj.box())
+    assert len(errors) <= n // 50, errors
+
+
+@pytest.mark.parametrize("shape", ["square", "triangle"])
+def test_rotations(det, shape):
+    for angle in range(0, 360, 7):
+        for size, r in ((32, 6.5), (96, 20.0)):
+            image = render([ShapeObject(shape, "green", size / 2, size / 2, r, float(angle))], size)
+            assert [d.label for d in det.detect(image)] == [shape], (angle, size)
+
+
+def test_hard_edges_and_mask(det):
+    """Without anti-aliasing (one sample per pixel) the detector still works; masks match."""
+    objs = [ShapeObject("circle", "pink", 30, 30, 18), ShapeObject("triangle", "brown", 90, 40, 22, 17.0),
+            ShapeObject("square", "white", 60, 95, 20, 30.0)]
+    image = render(objs, 128, supersample=1)
+    dets = sorted(det.detect(image), key=lambda d: d.box[0])
+    assert [(d.label, d.color) for d in dets] == [("circle", "pink"), ("square", "white"), ("triangle", "brown")]
+    areas = {"circle": math.pi * 18**2, "square": 2 * 20**2, "triangle": 3 * math.sqrt(3) / 4 * 22**2}
+    for d in dets:
+        assert d.mask is not None and d.mask.shape == (128, 128)
+        assert abs(d.mask.sum() - areas[d.label]) / areas[d.label] < 0.05
+
+
+def test_every_colour_pair_side_by_side(det):
+    names = list(COLORS)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            image = render([ShapeObject("circle", a, 9, 16, 6.5), ShapeObject("square", b, 23.5, 16, 8.0, 20)], 32)
+            got = sorted((d.label, d.color) for d in det.detect(image))
+            assert got == sorted([("circle", a), ("square", b)]), (a, b, got)
+
+
+def test_blank_merged_and_elongated(det):
+    assert det.detect(render([], 64)) == []
+    # two overlapping same-colour discs: one non-convex, elongated component, scored below 0.3
+    dets = det.detect(render([ShapeObject("circle", "red", 24, 32, 10), ShapeObject("circle", "red", 40, 32, 10)], 64))
+    assert len(dets) == 1 and dets[0].score < 0.3
+    # a noisy background at a slightly different grey still gives the objects only
+    img = np.asarray(render([ShapeObject("triangle", "blue", 16, 16, 9)], 32, noise=3.0)).astype(int) - 3
+    from PIL import Image
+
+    dets = det.detect(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)))
+    assert [(d.label, d.color) for d in dets] == [("triangle", "blue")]
+
+
+def _flood_components(labels: np.ndarray) -> int:
+    seen = np.zeros(labels.shape, dtype=bool)
+    H, W = labels.shape
+    n = 0
+    for i in range(H):
+        for j in range(W):
+            if labels[i, j] < 0 or seen[i, j]:
+                continue
+            n += 1
+            q = deque([(i, j)])
+            seen[i, j] = True
+            while q:
+                y, x = q.popleft()
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        v, u = y + dy, x + dx
+                        if 0 <= v < H and 0 <= u < W and not seen[v, u] and labels[v, u] == labels[y, x]:
+                            seen[v, u] = True
+                            q.append((v, u))
+    return n
+
+
+def test_label_components_matches_flood_fill():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.integers(-1, 3, size=(17, 23))
+        labels[rng.random(labels.shape) < 0.4] = -1
+        comp, n = label_components(labels)
+        assert n == _flood_components(labels)
+        assert ((comp >= 0) == (labels >= 0)).all()
+        # every component is one label
+        for c in range(n):
+            assert len(np.unique(labels[comp == c])) == 1

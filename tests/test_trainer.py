@@ -1,0 +1,212 @@
+"""The GRPO trainer end to end on tiny models: it learns, logs, resumes, and fails loudly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskgrpo.cli import main
+from maskgrpo.errors import MaskGRPOError
+from maskgrpo.recipe import load_recipe
+from maskgrpo.rewards.combine import RewardError
+from maskgrpo.trainer import GRPOTrainer
+
+from .conftest import tiny_grpo_recipe
+
+SEVEN_PLUGIN = """
+from maskgrpo.registry import rewards
+
+@rewards.register("count_sevens")
+def count_sevens(prompts, completions, **columns):
+    '''How many 7s the completion has (a reward any policy can learn quickly).'''
+    return [float(c.count("7")) for c in completions]
+"""
+
+HOSTILE_PLUGIN = """
+from maskgrpo.registry import rewards
+
+@rewards.register("explodes")
+def explodes(prompts, completions, **columns):
+    '''Raises on the third sample.'''
+    if len(completions) > 2 or "boom" in completions[0]:
+        for i, c in enumerate(completions):
+            if i == 2 or len(completions) == 1 and columns.get("index", [None])[0] == 2:
+                raise ValueError("bad sample")
+    return [0.0] * len(completions)
+
+@rewards.register("nan_reward")
+def nan_reward(prompts, completions, **columns):
+    '''Returns NaN.'''
+    return [float("nan")] * len(completions)
+"""
+
+
+def params(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+
+
+def test_two_steps_change_parameters_and_log_finite_metrics(tmp_path: Path) -> None:
+    recipe = load_recipe(tiny_grpo_recipe(tmp_path))
+    trainer = GRPOTrainer(recipe, progress=False)
+    before = params(trainer)
+    trainer.train()
+    after = params(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    required = ["reward/mean", "reward/math_accuracy/mean", "reward/format/mean", "loss", "kl", "clip_ratio", "frac_zero_std", "lr", "seconds"]
+    for r in rows:
+        for key in required:
+            assert isinstance(r[key], float) and r[key] == r[key] and abs(r[key]) != float("inf"), key
+    assert "eval/accuracy" in rows[-1]
+    run = tmp_path / "run"
+    for name in ["recipe.yaml", "report.md", "curves.png", "model/config.json", "model/char_tokenizer.json", "checkpoint/trainer_state.pt"]:
+        assert (run / name).is_file(), name
+    assert load_recipe(run / "recipe.yaml").grpo.group_size == 4  # the saved recipe is itself valid
+
+
+def test_reward_rises_on_a_learnable_reward(tmp_path: Path) -> None:
+    (tmp_path / "sevens.py").write_text(SEVEN_PLUGIN)
+    path = tiny_grpo_recipe(
+        tmp_path,
+        plugins=["sevens.py"],
+        rewards=[{"type": "count_sevens"}],
+        grpo={"group_size": 8, "num_iterations": 2},
+        optim={"lr": 3e-3},
+        train={"steps": 12, "prompts_per_step": 4, "eval_every": 0},
+    )
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    rewards = [trainer.train_step(s)["reward/mean"] for s in range(12)]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 1.0, rewards
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    straight = load_recipe(tiny_grpo_recipe(tmp_path / "a", train={"steps": 4, "prompts_per_step": 2, "eval_every": 2}))
+    GRPOTrainer(straight, progress=False).train()
+    half = tiny_grpo_recipe(tmp_path / "b", train={"steps": 4, "prompts_per_step": 2, "eval_every": 2})
+    GRPOTrainer(load_recipe(half, ["train.steps=2"]), progress=False).train()
+    resumed = GRPOTrainer(load_recipe(half), progress=False)
+    resumed.train(resume=True)
+
+    def rows(run: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(tmp_path / "a" / "run") == rows(tmp_path / "b" / "run")
+    a = torch.load(tmp_path / "a/run/checkpoint/trainer_state.pt", weights_only=False)
+    b = torch.load(tmp_path / "b/run/checkpoint/trainer_state.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4 and a["eval_history"] == b["eval_history"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tiny_grpo_recipe(tmp_path)), "--resume", "--no-progress"]) == 2
+    assert "--resume: no checkpoint" in capsys.readouterr().err
+
+
+def test_old_reference_and_current_policies_see_identical_inputs(tmp_path: Path) -> None:
+    recipe = load_recipe(tiny_grpo_recipe(tmp_path, grpo={"group_size": 4, "num_iterations": 3, "beta": 0.1}))
+    trainer = GRPOTrainer(recipe, progress=False)
+    seen: dict[str, list[torch.Tensor]] = {"policy": [], "reference": []}
+    for name, model in [("policy", trainer.policy), ("reference", trainer.reference)]:
+        original = model.hidden
+
+        def spy(tokens, attention_mask=None, _orig=original, _name=name):
+            seen[_name].append(tokens.clone())
+            return _orig(tokens, attention_mask)
+
+        model.hidden = spy
+    trainer.train_step(0)
+    # policy calls: rollout steps, then 3 "old" passes, then 3 training passes
+    policy_inputs = seen["policy"][-6:]
+    assert len(seen["reference"]) == 3
+    for j in range(3):
+        assert torch.equal(policy_inputs[j], seen["reference"][j])  # old == reference input
+        assert torch.equal(policy_inputs[j], policy_inputs[3 + j])  # old == current input
+    assert not torch.equal(policy_inputs[0], policy_inputs[1])  # a new mask per iteration
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
+    results = []
+    for accum in (1, 2):
+        recipe = load_recipe(tiny_grpo_recipe(tmp_path / str(accum), optim={"lr": 1e-3, "grad_accum": accum}))
+        trainer = GRPOTrainer(recipe, progress=False)
+        trainer.train_step(0)
+        results.append(params(trainer))
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+
+
+def test_reward_that_raises_names_reward_and_sample(tmp_path: Path) -> None:
+    (tmp_path / "hostile.py").write_text(
+        "from maskgrpo.registry import rewards\n"
+        "@rewards.register('explodes_on_answer_3')\n"
+        "def explodes(prompts, completions, answer, **columns):\n"
+        "    '''Raises when the gold answer is 3.'''\n"
+        "    if '3' in answer:\n"
+        "        raise ValueError('cannot score')\n"
+        "    return [0.0] * len(completions)\n"
+    )
+    path = tiny_grpo_recipe(tmp_path, plugins=["hostile.py"], rewards=[{"type": "explodes_on_answer_3"}], task={"type": "arithmetic", "levels": [1]})
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    with pytest.raises(RewardError, match=r"reward 'explodes_on_answer_3' raised ValueError: cannot score on sample \d+ \(prompt '\d\+\d='"):
+        for step in range(20):
+            trainer.train_step(step)
+
+
+def test_nan_rewards_skip_the_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "nan.py").write_text(HOSTILE_PLUGIN)
+    path = tiny_grpo_recipe(tmp_path, plugins=["nan.py"], rewards=[{"type": "nan_reward"}])
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    before = params(trainer)
+    row = trainer.train_step(0)
+    assert row["skipped"] == "non-finite reward"
+    assert "non-finite reward" in capsys.readouterr().out
+    assert all(torch.equal(before[k], v) for k, v in params(trainer).items())
+
+
+def test_elbo_is_refused_for_training(tmp_path: Path) -> None:
+    with pytest.raises(MaskGRPOError, match="elbo"):
+        GRPOTrainer(load_recipe(tiny_grpo_recipe(tmp_path, estimator="elbo")), progress=False)
+
+
+@pytest.mark.parametrize("estimator", ["d1", "unigrpo", "random", "trace"])
+def test_every_training_estimator_runs_a_step(tmp_path: Path, estimator: str) -> None:
+    trainer = GRPOTrainer(load_recipe(tiny_grpo_recipe(tmp_path, estimator=estimator)), progress=False)
+    before = params(trainer)
+    row = trainer.train_step(0)
+    assert row["loss"] == row["loss"]
+    changed = any(not torch.equal(before[k], v) for k, v in params(trainer).items())
+    assert changed or row["frac_zero_std"] == 1.0
+
+
+def test_lora_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_path: Path) -> None:
+    path = tiny_grpo_recipe(tmp_path, lora={"r": 4, "alpha": 8, "target_modules": ["qkv", "fc1"]}, grpo={"group_size": 4, "num_iterations": 2, "beta": 0.1})
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    assert trainer.reference is None
+    before = params(trainer)
+    for step in range(3):
+        trainer.train_step(step)
+    changed = {k for k, v in params(trainer).items() if not torch.equal(before[k], v)}
+    assert changed and all("lora_" in k for k in changed)
+
+
+def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tiny_grpo_recipe(tmp_path, train={"steps": 3, "prompts_per_step": 2, "eval_every": 0})
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    original = trainer.train_step
+
+    def interrupt_at_second(step: int):
+        if step == 1:
+            raise KeyboardInterrupt
+        return original(step)
+
+    monkeypatch.setattr(trainer, "train_step", interrupt_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    state = torch.load(tmp_path / "run/checkpoint/trainer_state.pt", weights_only=False)
+    assert state["step"] == 1
+    resumed = GRPOTrainer(load_recipe(path), progress=False)
+    resumed.train(resume=True)
+    assert resumed.step == 3
