@@ -19,7 +19,8 @@ class UnknownComponentError(MaskGRPOError, KeyError):
 def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -> str:  # noqa: F821
     """One line naming the first offending field, e.g. `sampler.steps: Input should be a valid
     integer (got 'abc')`; pydantic's multi-line report is too long for a CLI error."""
-    errors = err.errors()
+    # an unknown field is usually a typo that also causes a "missing" error: report it first
+    errors = sorted(err.errors(), key=lambda e: e.get("type") != "extra_forbidden")
     first = errors[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
     path = ".".join(p for p in (prefix, loc) if p)

@@ -50,6 +50,7 @@ def tiny_grpo_recipe(tmp_path: Path, **sections) -> Path:
         "train": {"steps": 2, "prompts_per_step": 4, "eval_every": 0},
     }
     recipe.update(sections)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

@@ -47,7 +47,8 @@ def test_fading_out_masks_later_tokens_more_and_hits_the_rate() -> None:
         view = est.masked_view(r, j, 4, batch_seed=7, mask_token_id=MASK)
         frac = hidden_fraction(view, r)
         assert abs(frac.mean().item() - truncated_rate(j, 4, 0.6)) < 0.01
-        assert frac[-4:].mean() > frac[:4].mean() + 0.1  # AR-like profile
+        if j < 3:  # at rate 0.999 everything is masked; below it the profile is AR-like
+            assert frac[-4:].mean() > frac[:4].mean() + 0.1
         assert torch.equal(view.tokens[:, :P], r.tokens[:, :P])  # prompt untouched
         assert torch.equal(view.loss_mask[:, P:], view.tokens[:, P:] == MASK)
         assert not view.loss_mask[:, :P].any()

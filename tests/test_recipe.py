@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from maskgrpo.cli import main
-from maskgrpo.errors import RecipeError
+from maskgrpo.errors import MaskGRPOError, RecipeError
 from maskgrpo.recipe import apply_override, load_recipe
 
 from .conftest import REPO
@@ -44,7 +44,7 @@ def test_override_turns_a_named_component_into_a_mapping() -> None:
 def test_component_options_are_checked_without_building() -> None:
     with pytest.raises(RecipeError, match=r"estimator\.min_mask_rat: unknown field"):
         load_recipe(REPO / "recipes/arith-grpo.yaml", ["estimator.min_mask_rat=0.5"])
-    with pytest.raises(RecipeError, match=r"sampler: unknown sampler 'low_confidance'; did you mean 'low_confidence'"):
+    with pytest.raises(MaskGRPOError, match=r"sampler: unknown sampler 'low_confidance'; did you mean 'low_confidence'"):
         load_recipe(REPO / "recipes/arith-grpo.yaml", ["sampler.type=low_confidance"])
 
 

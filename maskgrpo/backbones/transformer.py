@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
@@ -22,8 +23,11 @@ from ..registry import backbones
 from ..utils import atomic_directory
 
 
-class MaskedTransformer(ModelMixin, ConfigMixin):
-    """Bidirectional transformer: tokens -> logits over the whole vocabulary at every position."""
+class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """Bidirectional transformer: tokens -> logits over the whole vocabulary at every position.
+
+    PeftAdapterMixin gives it the same LoRA API as transformers models (`add_adapter`,
+    `disable_adapters`, `enable_adapters`)."""
 
     config_name = "config.json"
 

@@ -91,6 +91,7 @@ class LowConfidenceSampler:
                 k = counts[:, s]
                 if int(k.max()) > 0:  # a step that commits nothing needs no forward pass
                     logits = self._block_logits(backbone, x, attn, prompt_length, lo, hi)
+                    logits[..., mask_id] = float("-inf")  # committing a mask would leave a hole
                     block = x[:, lo:hi]
                     still_masked = block == mask_id
                     x0 = gumbel_argmax(logits, self.temperature, generator)

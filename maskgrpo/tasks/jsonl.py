@@ -1,0 +1,64 @@
+"""Problems from JSONL files (GSM8K, MATH500, your own): one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..errors import MaskGRPOError
+from ..registry import tasks
+from .base import Example
+
+
+def read_rows(path: str, prompt_field: str, answer_field: str) -> list[dict]:
+    file = Path(path)
+    if not file.is_file():
+        raise MaskGRPOError(f"task: data file not found: {file}")
+    rows = []
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MaskGRPOError(f"{file}:{n}: malformed JSON ({err.msg})") from None
+        if not isinstance(row, dict) or prompt_field not in row or answer_field not in row:
+            raise MaskGRPOError(f"{file}:{n}: needs fields '{prompt_field}' and '{answer_field}'")
+        rows.append(row)
+    return rows
+
+
+@tasks.register("jsonl")
+class JsonlTask:
+    """Prompts and gold answers from JSONL files; training rows in a seeded shuffled order.
+    Gold answers may be full solutions (GSM8K's `#### N` is extracted by the math judge)."""
+
+    def __init__(
+        self,
+        train_path: str,
+        eval_path: str | None = None,
+        prompt_field: str = "question",
+        answer_field: str = "answer",
+        prompt_template: str = "{prompt}",
+        n_eval: int = 256,
+        seed: int = 0,
+    ):
+        if "{prompt}" not in prompt_template:
+            raise MaskGRPOError("task.prompt_template: must contain {prompt}")
+        self.template, self.n_eval = prompt_template, n_eval
+        self.fields = (prompt_field, answer_field)
+        self.train_rows = read_rows(train_path, prompt_field, answer_field)
+        self.eval_rows = read_rows(eval_path, prompt_field, answer_field) if eval_path else []
+        self.order = list(range(len(self.train_rows)))
+        random.Random(seed).shuffle(self.order)
+
+    def _example(self, row: dict) -> Example:
+        prompt, answer = self.fields
+        return Example(prompt=self.template.format(prompt=row[prompt]), answer=str(row[answer]), target=str(row[answer]))
+
+    def train_example(self, index: int) -> Example:
+        return self._example(self.train_rows[self.order[index % len(self.order)]])
+
+    def eval_examples(self) -> list[Example]:
+        return [self._example(r) for r in self.eval_rows[: self.n_eval]]
