@@ -78,14 +78,21 @@ def fading_out_keep_probability(length: int, rate: float, device: torch.device |
     return (d * (1 - rate) * length / d.sum()).clamp(max=1.0).float()
 
 
-@estimators.register("fading_out")
-class FadingOutEstimator(Estimator):
-    """MaskGRPO (text): truncated rate schedule, masking probability rising with position."""
+class _TruncatedSchedule(Estimator):
+    """Rates r_j from `min_mask_rate` (gamma) towards 1, each used once per rollout batch."""
 
-    def __init__(self, min_mask_rate: float = 0.6):
+    def __init__(self, min_mask_rate: float):
         if not 0 <= min_mask_rate < 1:
             raise MaskGRPOError("estimator.min_mask_rate: must be in [0, 1)")
         self.min_mask_rate = min_mask_rate
+
+
+@estimators.register("fading_out")
+class FadingOutEstimator(_TruncatedSchedule):
+    """MaskGRPO (text): truncated rate schedule, masking probability rising with position."""
+
+    def __init__(self, min_mask_rate: float = 0.6):
+        super().__init__(min_mask_rate)
 
     def completion_mask(self, rollout, j, num_iterations, gen, batch_seed):
         completion = rollout.completion
@@ -96,13 +103,11 @@ class FadingOutEstimator(Estimator):
 
 
 @estimators.register("random")
-class RandomEstimator(Estimator):
+class RandomEstimator(_TruncatedSchedule):
     """MaskGRPO (images): truncated rate schedule, uniform masking at rate r_j."""
 
     def __init__(self, min_mask_rate: float = 0.8):
-        if not 0 <= min_mask_rate < 1:
-            raise MaskGRPOError("estimator.min_mask_rate: must be in [0, 1)")
-        self.min_mask_rate = min_mask_rate
+        super().__init__(min_mask_rate)
 
     def completion_mask(self, rollout, j, num_iterations, gen, batch_seed):
         completion = rollout.completion

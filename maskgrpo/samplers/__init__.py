@@ -1,2 +1,2 @@
-from . import low_confidence  # noqa: F401
+from . import image, low_confidence  # noqa: F401
 from .base import Rollout  # noqa: F401

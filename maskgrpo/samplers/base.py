@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,6 +28,23 @@ class Rollout:
     def index(self, rows: torch.Tensor | slice) -> "Rollout":
         mask = None if self.attention_mask is None else self.attention_mask[rows]
         return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask)
+
+
+def guided_logits(
+    backbone: Any, x: torch.Tensor, attn: torch.Tensor | None, prompt_length: int, lo: int, hi: int | None, cfg_scale: float
+) -> torch.Tensor:
+    """Logits at positions lo:hi, with classifier-free guidance when cfg_scale > 0:
+    l_uncond + (1 + w)(l_cond - l_uncond), the unconditional input having its prompt masked
+    (padding kept). Both halves go through the backbone in one batch."""
+    if cfg_scale == 0:
+        return backbone.logits_from_hidden(backbone.hidden(x, attn)[:, lo:hi])
+    uncond = x.clone()
+    prompt = uncond[:, :prompt_length]
+    real = attn[:, :prompt_length].bool() if attn is not None else torch.ones_like(prompt, dtype=torch.bool)
+    prompt[real] = backbone.mask_token_id
+    both_attn = None if attn is None else torch.cat([attn, attn])
+    cond, unc = backbone.logits_from_hidden(backbone.hidden(torch.cat([x, uncond]), both_attn)[:, lo:hi]).chunk(2)
+    return unc + (1 + cfg_scale) * (cond - unc)
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
-from .base import Rollout, gumbel_argmax, top_k_per_row, uniform
+from .base import Rollout, guided_logits, gumbel_argmax, top_k_per_row, uniform
 
 
 def commit_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -48,21 +48,6 @@ class LowConfidenceSampler:
         self.gen_length, self.block_length, self.steps = gen_length, block_length, steps
         self.temperature, self.cfg_scale, self.remasking = temperature, cfg_scale, remasking
 
-    def _block_logits(
-        self, backbone: Backbone, x: torch.Tensor, attn: torch.Tensor | None, prompt_length: int, lo: int, hi: int
-    ) -> torch.Tensor:
-        if self.cfg_scale == 0:
-            return backbone.logits_from_hidden(backbone.hidden(x, attn)[:, lo:hi])
-        # Classifier-free guidance: the unconditional input has the prompt masked (padding kept).
-        uncond = x.clone()
-        prompt = uncond[:, :prompt_length]
-        real = attn[:, :prompt_length].bool() if attn is not None else torch.ones_like(prompt, dtype=torch.bool)
-        prompt[real] = backbone.mask_token_id
-        both_attn = None if attn is None else torch.cat([attn, attn])
-        logits = backbone.logits_from_hidden(backbone.hidden(torch.cat([x, uncond]), both_attn)[:, lo:hi])
-        cond, unc = logits.chunk(2)
-        return unc + (1 + self.cfg_scale) * (cond - unc)
-
     @torch.no_grad()
     def sample(
         self,
@@ -90,7 +75,7 @@ class LowConfidenceSampler:
             for s in range(steps_per_block):
                 k = counts[:, s]
                 if int(k.max()) > 0:  # a step that commits nothing needs no forward pass
-                    logits = self._block_logits(backbone, x, attn, prompt_length, lo, hi)
+                    logits = guided_logits(backbone, x, attn, prompt_length, lo, hi, self.cfg_scale)
                     logits[..., mask_id] = float("-inf")  # committing a mask would leave a hole
                     block = x[:, lo:hi]
                     still_masked = block == mask_id

@@ -55,7 +55,8 @@ class JsonlTask:
 
     def _example(self, row: dict) -> Example:
         prompt, answer = self.fields
-        return Example(prompt=self.template.format(prompt=row[prompt]), answer=str(row[answer]), target=str(row[answer]))
+        # str.replace, not str.format: templates hold LaTeX braces such as \boxed{}
+        return Example(prompt=self.template.replace("{prompt}", row[prompt]), answer=str(row[answer]), target=str(row[answer]))
 
     def train_example(self, index: int) -> Example:
         return self._example(self.train_rows[self.order[index % len(self.order)]])
