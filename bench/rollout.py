@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from maskgrpo.backbones.transformer import MaskedTransformer
-from maskgrpo.samplers.base import gumbel_argmax, top_k_per_row
+from maskgrpo.samplers.base import sample_tokens, top_k_per_row
 from maskgrpo.samplers.low_confidence import LowConfidenceSampler, commit_schedule
 
 from .common import best_of, save, table
@@ -18,6 +18,7 @@ CONFIGS = [
     # name, vocab, d_model, layers, batch, prompt, gen, block, steps
     ("arith-small", 21, 128, 3, 128, 8, 8, 8, 8),
     ("vocab-32k", 32000, 128, 2, 16, 64, 64, 16, 32),
+    ("vocab-32k-d512", 32000, 512, 4, 16, 64, 64, 16, 32),
 ]
 
 
@@ -38,9 +39,11 @@ def reference_sample(model, prompt, gen_length, block_length, steps, temperature
                 continue
             logits = model(x)  # [B, T, V] every step
             block_logits = logits[:, lo:hi]
-            x0 = gumbel_argmax(block_logits, temperature, generator)
-            conf = torch.softmax(block_logits.float(), -1).gather(-1, x0[..., None]).squeeze(-1)
+            block_logits[..., mask] = float("-inf")
             still = x[:, lo:hi] == mask
+            x0 = x[:, lo:hi].clone()
+            x0[still] = sample_tokens(block_logits[still], temperature, generator)
+            conf = torch.softmax(block_logits.float(), -1).gather(-1, x0[..., None]).squeeze(-1)
             conf = conf.masked_fill(~still, float("-inf"))
             commit = top_k_per_row(conf, k) & still
             x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])

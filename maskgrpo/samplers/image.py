@@ -18,7 +18,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
-from .base import Rollout, guided_logits, gumbel_argmax, uniform
+from .base import Rollout, guided_logits, sample_tokens, uniform
 
 
 def cosine_masked_fraction(t: float) -> float:
@@ -73,7 +73,8 @@ class _ImageSampler:
             if not masked.any():
                 break
             log_probs = self._log_probs(backbone, x, attn, prompt_length)
-            codes = gumbel_argmax(log_probs, 1.0, generator)  # a sample from pi, as codebook indices
+            codes = torch.zeros_like(masked, dtype=torch.long)  # codebook indices, drawn where masked
+            codes[masked] = sample_tokens(log_probs[masked], 1.0, generator)
             commit = self._choose(s, masked, log_probs, codes, generator) & masked
             image = x[:, prompt_length:]
             x[:, prompt_length:] = torch.where(commit, codes + self.codebook[0], image)

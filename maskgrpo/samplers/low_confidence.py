@@ -14,7 +14,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
-from .base import Rollout, guided_logits, gumbel_argmax, top_k_per_row, uniform
+from .base import Rollout, guided_logits, sample_tokens, top_k_per_row, uniform
 
 
 def commit_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -79,13 +79,18 @@ class LowConfidenceSampler:
                     logits[..., mask_id] = float("-inf")  # committing a mask would leave a hole
                     block = x[:, lo:hi]
                     still_masked = block == mask_id
-                    x0 = gumbel_argmax(logits, self.temperature, generator)
+                    # predictions and confidences only where the block is still masked
+                    candidates = logits[still_masked]
+                    picked = sample_tokens(candidates, self.temperature, generator)
+                    x0 = block.clone()
+                    x0[still_masked] = picked
+                    confidence = torch.full(block.shape, float("-inf"), device=device)
                     if self.remasking == "low_confidence":
-                        probs = torch.softmax(logits.float(), dim=-1)
-                        confidence = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+                        # softmax(logits)[x0] without materialising the softmax: exp(l_x0 - logsumexp(l))
+                        chosen = candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1).float()
+                        confidence[still_masked] = torch.exp(chosen - torch.logsumexp(candidates.float(), dim=-1))
                     else:
-                        confidence = uniform(tuple(x0.shape), generator, device)
-                    confidence = confidence.masked_fill(~still_masked, float("-inf"))
+                        confidence[still_masked] = uniform((len(picked),), generator, device)
                     commit = top_k_per_row(confidence, k) & still_masked
                     x[:, lo:hi] = torch.where(commit, x0, block)
                     decode_step[:, lo - prompt_length : hi - prompt_length][commit] = step
