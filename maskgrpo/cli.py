@@ -33,10 +33,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    recipe = _recipe(args)
+    from .recipe import read_yaml
+
+    if read_yaml(args.recipe).get("kind") == "vq":
+        from .vq_train import load_vq_recipe
+
+        recipe = load_vq_recipe(args.recipe, args.set)
+    else:
+        recipe = _recipe(args)
     print(f"{args.recipe}: ok ({recipe.kind} recipe '{recipe.name}')")
     if args.show:
-        print(recipe.resolved_yaml(), end="")
+        print(recipe.model_dump_json(indent=2))
     return 0
 
 
@@ -47,6 +54,13 @@ def cmd_sft(args: argparse.Namespace) -> int:
     if recipe.kind != "sft":
         raise MaskGRPOError(f"{args.recipe}: kind is '{recipe.kind}', `maskgrpo sft` needs an sft recipe")
     run_sft(recipe)
+    return 0
+
+
+def cmd_train_vq(args: argparse.Namespace) -> int:
+    from .vq_train import load_vq_recipe, train_vq
+
+    train_vq(load_vq_recipe(args.recipe, args.set))
     return 0
 
 
@@ -101,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_parser("check", "validate a recipe (builds nothing heavy)", cmd_check).add_argument("--show", action="store_true", help="print the resolved recipe")
     recipe_parser("sft", "masked-diffusion supervised training", cmd_sft)
+    recipe_parser("train-vq", "train a VQ image tokenizer on shapes renders", cmd_train_vq)
     t = recipe_parser("train", "GRPO training", cmd_train)
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
     t.add_argument("--no-progress", action="store_true")

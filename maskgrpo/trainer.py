@@ -73,6 +73,8 @@ class GRPOTrainer:
             apply_lora(self.policy, recipe.lora)
         # The reference is the frozen initial policy: with LoRA the same model with its adapter off.
         self.reference = None
+        if self.cfg.ref_sync_steps and (recipe.lora is not None or self.cfg.beta == 0):
+            raise MaskGRPOError("grpo.ref_sync_steps: needs beta > 0 and no lora (the LoRA reference is the base model)")
         if self.cfg.beta > 0 and recipe.lora is None:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
 
@@ -283,6 +285,8 @@ class GRPOTrainer:
                 while self.step < r.train.steps:
                     row = self.train_step(self.step)
                     self.step += 1
+                    if self.cfg.ref_sync_steps and self.step % self.cfg.ref_sync_steps == 0:
+                        self.reference.load_state_dict(self.policy.state_dict())  # type: ignore[union-attr]
                     if (r.train.eval_every and self.step % r.train.eval_every == 0) or self.step == r.train.steps:
                         row["eval/accuracy"] = self.evaluate()
                         self.eval_history.append({"step": self.step, "eval/accuracy": row["eval/accuracy"]})

@@ -108,3 +108,17 @@ def test_hf_model_folder_loads_with_load_model(tiny_hf_model: Path, tmp_path: Pa
     model = backbones.build({"type": "hf", "path": str(tiny_hf_model), "mask_token_id": 2})
     model.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+def test_word_tokenizer_covers_the_shapes_prompts(tmp_path: Path) -> None:
+    import json
+
+    from .conftest import REPO
+
+    tok = tokenizers.build("word")
+    for line in (REPO / "evals/shapes/metadata.jsonl").read_text().splitlines():
+        prompt = json.loads(line)["prompt"]
+        ids = tok.encode(prompt)
+        assert tok.unk_token_id not in ids and tok.decode(ids) == prompt
+    tok.save_pretrained(tmp_path)
+    assert tokenizers.build({"type": "word", "path": str(tmp_path)}).words == tok.words

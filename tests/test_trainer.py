@@ -210,3 +210,15 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch: 
     resumed = GRPOTrainer(load_recipe(path), progress=False)
     resumed.train(resume=True)
     assert resumed.step == 3
+
+
+def test_reference_sync_copies_the_policy(tmp_path: Path) -> None:
+    path = tiny_grpo_recipe(tmp_path, grpo={"group_size": 4, "num_iterations": 2, "beta": 0.1, "ref_sync_steps": 2})
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    initial = {k: v.clone() for k, v in trainer.reference.state_dict().items()}
+    trainer.train()
+    synced = trainer.reference.state_dict()
+    assert all(torch.equal(synced[k], v) for k, v in trainer.policy.state_dict().items())
+    assert any(not torch.equal(initial[k], synced[k]) for k in initial)
+    with pytest.raises(MaskGRPOError, match="ref_sync_steps"):
+        GRPOTrainer(load_recipe(path, ["grpo.beta=0"]), progress=False)

@@ -1,0 +1,103 @@
+"""Image tokenizer: a diffusers `VQModel` turning images into grids of codebook indices and back.
+
+Images are float tensors [B, 3, H, W] in [0, 1] (or PIL images); codes are [B, h * w] row-major,
+h = H / 2^(blocks - 1). An image model puts them after its text vocabulary (MMaDA-style), so
+samplers take `codebook_offset = text vocabulary size` and `codebook_size = num_vq_embeddings`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MaskGRPOError
+from ..registry import tokenizers
+from ..utils import atomic_directory
+
+
+@tokenizers.register("vq")
+class VQImageTokenizer:
+    """diffusers VQModel: images <-> code grids; `path` loads a saved one, else a new model is
+    built from the size options (for training)."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        block_out_channels: list[int] = [16, 32, 32],  # noqa: B006
+        latent_channels: int = 8,
+        num_vq_embeddings: int = 512,
+        norm_num_groups: int = 8,
+        sample_size: int = 32,
+    ):
+        from diffusers import VQModel
+
+        if path is not None:
+            if not (Path(path) / "config.json").is_file():
+                raise MaskGRPOError(f"tokenizer.path: no saved VQ model at {path} (config.json missing)")
+            self.model = VQModel.from_pretrained(path)
+        else:
+            blocks = len(block_out_channels)
+            self.model = VQModel(
+                down_block_types=("DownEncoderBlock2D",) * blocks,
+                up_block_types=("UpDecoderBlock2D",) * blocks,
+                block_out_channels=tuple(block_out_channels),
+                layers_per_block=1,
+                latent_channels=latent_channels,
+                num_vq_embeddings=num_vq_embeddings,
+                norm_num_groups=norm_num_groups,
+                sample_size=sample_size,
+            )
+        self.model.eval()
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.config.num_vq_embeddings)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.model.config.block_out_channels) - 1)
+
+    @staticmethod
+    def to_tensor(images: list | torch.Tensor) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images
+        arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list:
+        from PIL import Image
+
+        arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).detach().cpu().numpy() * 255).round().astype(np.uint8)
+        return [Image.fromarray(a) for a in arrays]
+
+    def quantize(self, images: list | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes [B, h*w], commitment + codebook loss): what training and encoding share."""
+        x = self.to_tensor(images).to(self.model.device) * 2 - 1
+        latents = self.model.encode(x).latents
+        _, loss, (_, _, indices) = self.model.quantize(latents)
+        return indices.view(x.shape[0], -1), loss
+
+    @torch.no_grad()
+    def encode(self, images: list | torch.Tensor) -> torch.Tensor:
+        return self.quantize(images)[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code grids [B, h*w] -> images [B, 3, H, W] in [0, 1]."""
+        batch, n = codes.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise MaskGRPOError(f"tokenizer: {n} codes do not form a square grid")
+        if int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size:
+            raise MaskGRPOError(f"tokenizer: codes outside the codebook [0, {self.codebook_size})")
+        channels = self.model.quantize.embedding.weight.shape[1]
+        quant = self.model.quantize.get_codebook_entry(codes.reshape(-1), (batch, side, side, channels))
+        return ((self.model.decode(quant, force_not_quantize=True).sample + 1) / 2).clamp(0, 1)
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        with atomic_directory(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)

@@ -1,0 +1,133 @@
+"""Training the image tokenizer (a diffusers VQModel) on shapes-world renders.
+
+Loss: L1 + MSE reconstruction plus the quantiser's codebook and commitment terms (VQ-VAE's
+straight-through recipe, as diffusers' VectorQuantizer computes it). The recipe is its own small
+schema (`kind: vq`): `maskgrpo train-vq recipes/shapes-vq.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from .errors import RecipeError, format_validation_error
+from .recipe import Spec, _Strict, read_yaml
+from .registry import load_presets, tokenizers
+from .sft import lr_lambda
+from .utils import atomic_write_text
+
+
+class VQTrainConfig(_Strict):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    eval_every: int = Field(500, ge=0)
+    eval_images: int = Field(120, ge=1, description="fresh renders scored by the shapes detector at each evaluation")
+
+
+class VQRecipe(_Strict):
+    kind: Literal["vq"]
+    name: str
+    seed: int = 0
+    output_dir: str
+    tokenizer: Spec
+    image_size: int = Field(32, ge=8)
+    train: VQTrainConfig = VQTrainConfig()
+    save_to: str | None = None
+
+
+def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRecipe:
+    from .recipe import apply_override
+
+    data = read_yaml(path)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        recipe = VQRecipe.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+    load_presets()
+    tokenizers.validate(recipe.tokenizer, where="tokenizer")
+    return recipe
+
+
+def render_batch(rng: random.Random, n: int, size: int) -> tuple[list[Any], list[dict]]:
+    """Correct renders for random GenEval-style prompts, all six tags."""
+    from .tasks.shapes import TAGS, PlacementError, make_example, render
+
+    images, rows = [], []
+    while len(images) < n:
+        try:
+            metadata, objects = make_example(rng.choice(TAGS), rng, size)
+        except PlacementError:  # a crowded layout that did not fit: draw another prompt
+            continue
+        images.append(render(objects, size=size, seed=rng.randrange(2**31)))
+        rows.append(metadata)
+    return images, rows
+
+
+def reconstruction_agreement(tokenizer: Any, n: int, size: int, seed: int = 12345) -> float:
+    """How often the shapes detector's GenEval verdict on a reconstruction equals its verdict on
+    the original render: the tokenizer is good enough when the reward cannot tell them apart."""
+    from .metrics.geneval import GenEvalMetric
+
+    images, rows = render_batch(random.Random(seed), n, size)
+    with torch.no_grad():
+        recon = tokenizer.to_pil(tokenizer.decode(tokenizer.encode(images)))
+    metric = GenEvalMetric(detector="shapes")
+    original = [r["correct"] for r in metric.evaluate(images, rows)]
+    rebuilt = [r["correct"] for r in metric.evaluate(recon, rows)]
+    return sum(a == b for a, b in zip(original, rebuilt)) / n
+
+
+def train_vq(recipe: VQRecipe) -> dict[str, Any]:
+    torch.manual_seed(recipe.seed)
+    cfg = recipe.train
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.yaml", json.dumps(recipe.model_dump(mode="json"), indent=2))
+    tokenizer = tokenizers.build(recipe.tokenizer, where="tokenizer")
+    model = tokenizer.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+    rng = random.Random(recipe.seed)
+    print(f"vq: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {cfg.steps} steps of batch {cfg.batch_size}")
+    log = (out / "metrics.jsonl").open("w")
+    start = time.time()
+    row: dict[str, Any] = {}
+    for step in tqdm(range(cfg.steps), desc="vq", dynamic_ncols=True):
+        images, _ = render_batch(rng, cfg.batch_size, recipe.image_size)
+        x = tokenizer.to_tensor(images) * 2 - 1
+        latents = model.encode(x).latents
+        quant, vq_loss, _ = model.quantize(latents)
+        recon = model.decode(quant, force_not_quantize=True).sample
+        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + vq_loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        row = {"step": step + 1, "loss": loss.item(), "seconds": time.time() - start}
+        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+            model.eval()
+            row["eval/agreement"] = reconstruction_agreement(tokenizer, cfg.eval_images, recipe.image_size)
+            model.train()
+            tqdm.write(f"step {step + 1}: loss {row['loss']:.4f}  detector agreement on reconstructions {row['eval/agreement']:.3f}")
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    log.close()
+    model.eval()
+    for target in [out / "tokenizer"] + ([Path(recipe.save_to)] if recipe.save_to else []):
+        tokenizer.save_pretrained(target)
+        print(f"saved the VQ tokenizer to {target}")
+    return row
