@@ -30,6 +30,20 @@ class Rollout:
         return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask)
 
 
+def all_mask_start(
+    prompt_tokens: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Every sampler's starting point: prompt + `gen_length` masks, the attention mask extended
+    over the completion, and decode steps all -1 (nothing committed yet)."""
+    batch, device = prompt_tokens.shape[0], prompt_tokens.device
+    completion = torch.full((batch, gen_length), mask_id, dtype=torch.long, device=device)
+    x = torch.cat([prompt_tokens, completion], dim=1)
+    attn = None
+    if attention_mask is not None:
+        attn = torch.cat([attention_mask.bool(), torch.ones_like(completion, dtype=torch.bool)], dim=1)
+    return x, attn, torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
+
+
 def guided_logits(
     backbone: Any, x: torch.Tensor, attn: torch.Tensor | None, prompt_length: int, lo: int, hi: int | None, cfg_scale: float
 ) -> torch.Tensor:

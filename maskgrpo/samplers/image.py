@@ -18,7 +18,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
-from .base import Rollout, guided_logits, sample_tokens, uniform
+from .base import Rollout, all_mask_start, guided_logits, sample_tokens, uniform
 
 
 def cosine_masked_fraction(t: float) -> float:
@@ -60,14 +60,8 @@ class _ImageSampler:
         generator: torch.Generator | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> Rollout:
-        batch, prompt_length = prompt_tokens.shape
-        mask_id = backbone.mask_token_id
-        device = prompt_tokens.device
-        x = torch.cat([prompt_tokens, torch.full((batch, self.gen_length), mask_id, dtype=torch.long, device=device)], dim=1)
-        attn = None
-        if attention_mask is not None:
-            attn = torch.cat([attention_mask.bool(), torch.ones(batch, self.gen_length, dtype=torch.bool, device=device)], dim=1)
-        decode_step = torch.full((batch, self.gen_length), -1, dtype=torch.long, device=device)
+        prompt_length, mask_id = prompt_tokens.shape[1], backbone.mask_token_id
+        x, attn, decode_step = all_mask_start(prompt_tokens, attention_mask, self.gen_length, mask_id)
         for s in range(self.steps):
             masked = x[:, prompt_length:] == mask_id
             if not masked.any():

@@ -14,7 +14,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
-from .base import Rollout, guided_logits, sample_tokens, top_k_per_row, uniform
+from .base import Rollout, all_mask_start, guided_logits, sample_tokens, top_k_per_row, uniform
 
 
 def commit_schedule(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -56,15 +56,8 @@ class LowConfidenceSampler:
         generator: torch.Generator | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> Rollout:
-        batch, prompt_length = prompt_tokens.shape
-        mask_id = backbone.mask_token_id
-        device = prompt_tokens.device
-        completion = torch.full((batch, self.gen_length), mask_id, dtype=torch.long, device=device)
-        x = torch.cat([prompt_tokens, completion], dim=1)
-        attn = None
-        if attention_mask is not None:
-            attn = torch.cat([attention_mask.bool(), torch.ones_like(completion, dtype=torch.bool)], dim=1)
-        decode_step = torch.full((batch, self.gen_length), -1, dtype=torch.long, device=device)
+        prompt_length, mask_id, device = prompt_tokens.shape[1], backbone.mask_token_id, prompt_tokens.device
+        x, attn, decode_step = all_mask_start(prompt_tokens, attention_mask, self.gen_length, mask_id)
         blocks = self.gen_length // self.block_length
         steps_per_block = self.steps // blocks
         step = 0
