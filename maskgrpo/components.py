@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .recipe import Spec
-from .registry import backbones, load_entry_point_plugins, load_presets, tokenizers
+from .registry import backbones, load_entry_point_plugins, load_presets, samplers, tokenizers
 
 
 def build_tokenizer(spec: Spec) -> Any:
@@ -14,15 +14,28 @@ def build_tokenizer(spec: Spec) -> Any:
     return tokenizers.build(spec, where="tokenizer")
 
 
-def build_backbone(spec: Spec, tokenizer: Any | None = None) -> Any:
-    """A new in-house transformer takes its vocabulary size and mask id from the tokenizer."""
+def build_backbone(spec: Spec, tokenizer: Any | None = None, image_tokenizer: Any | None = None) -> Any:
+    """A new in-house transformer takes its vocabulary size and mask id from the tokenizer(s):
+    with an image tokenizer, the codebook follows the text vocabulary (MMaDA-style)."""
     load_presets()
     load_entry_point_plugins()
     flat = backbones.expand(spec, where="backbone")
     if flat["type"] == "transformer" and flat.get("path") is None and tokenizer is not None:
-        flat.setdefault("vocab_size", tokenizer.vocab_size)
+        codebook = image_tokenizer.codebook_size if image_tokenizer is not None else 0
+        flat.setdefault("vocab_size", tokenizer.vocab_size + codebook)
         flat.setdefault("mask_token_id", tokenizer.mask_token_id)
     return backbones.build(flat, where="backbone")
+
+
+def build_sampler(spec: Spec, tokenizer: Any, image_tokenizer: Any | None = None, where: str = "sampler", **overrides: Any) -> Any:
+    """Image samplers take the codebook's place in the vocabulary from the tokenizers unless the
+    recipe sets it."""
+    load_presets()
+    flat = {**samplers.expand(spec, where=where), **overrides}
+    if image_tokenizer is not None and "codebook_offset" in samplers.get(flat["type"]).params.model_fields:
+        flat.setdefault("codebook_offset", tokenizer.vocab_size)
+        flat.setdefault("codebook_size", image_tokenizer.codebook_size)
+    return samplers.build(flat, where=where)
 
 
 def load_model(name_or_path: str) -> tuple[Any, Any]:
@@ -33,6 +46,7 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
 
     from .errors import MaskGRPOError
     from .tokenizers.char import CharTokenizer
+    from .tokenizers.word import WordTokenizer
 
     load_presets()
     if name_or_path in backbones and name_or_path in tokenizers:
@@ -44,6 +58,8 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
         raise MaskGRPOError(f"--model: '{name_or_path}' is neither a folder nor a model preset (presets: {', '.join(names)})")
     if (folder / CharTokenizer.FILE).is_file():
         tokenizer = build_tokenizer({"type": "char", "path": str(folder)})
+    elif (folder / WordTokenizer.FILE).is_file():
+        tokenizer = build_tokenizer({"type": "word", "path": str(folder)})
     else:
         tokenizer = build_tokenizer({"type": "hf", "path": str(folder)})
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}

@@ -65,3 +65,50 @@ def evaluate_accuracy(
         )
     accuracy = sum(r["correct"] for r in records) / max(len(records), 1)
     return EvalResult(accuracy, records)
+
+
+@torch.no_grad()
+def generate_images(
+    backbone: Backbone,
+    tokenizer: TextTokenizer,
+    image_tokenizer,
+    sampler,
+    prompts: list[str],
+    batch_size: int = 128,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list:
+    """PIL images for prompts: sample code grids (after the text vocabulary), then VQ-decode."""
+    was_training = getattr(backbone, "training", False)
+    backbone.eval()
+    images: list = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids, attn = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+            rollout = sampler.sample(backbone, ids, make_generator(seed, start), attention_mask=attn)
+            codes = (rollout.completion - tokenizer.vocab_size).cpu()
+            images += image_tokenizer.to_pil(image_tokenizer.decode(codes))
+    finally:
+        if was_training:
+            backbone.train()
+    return images
+
+
+def evaluate_images(
+    backbone: Backbone,
+    tokenizer: TextTokenizer,
+    image_tokenizer,
+    sampler,
+    examples: list[Example],
+    images_per_prompt: int = 2,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+) -> tuple[dict, list, list]:
+    """GenEval-style score (shapes detector) of generated images: (metrics, images, records)."""
+    from .metrics.geneval import GenEvalMetric
+
+    rows = [e.columns["metadata"] for e in examples for _ in range(images_per_prompt)]
+    images = generate_images(backbone, tokenizer, image_tokenizer, sampler, [r["prompt"] for r in rows], batch_size, 0, device)
+    metric = GenEvalMetric(detector="shapes")
+    metric.update({"images": images, "metadata": rows})
+    return metric.compute(), images, metric.records

@@ -94,6 +94,7 @@ class Recipe(_Strict):
     plugins: list[str] = []
     backbone: Spec
     tokenizer: Spec
+    image_tokenizer: Spec | None = Field(None, description="VQ tokenizer: completions are image codes after the text vocabulary")
     task: Spec
     sampler: Spec
     eval_sampler: Spec | None = Field(None, description="default: the rollout sampler at temperature 0")
@@ -213,6 +214,7 @@ def validate_components(recipe: Recipe, prefix: str = "") -> None:
     checks: list[tuple[str, str, Spec | None]] = [
         ("backbones", "backbone", recipe.backbone),
         ("tokenizers", "tokenizer", recipe.tokenizer),
+        ("tokenizers", "image_tokenizer", recipe.image_tokenizer),
         ("tasks", "task", recipe.task),
         ("samplers", "sampler", recipe.sampler),
         ("samplers", "eval_sampler", recipe.eval_sampler),

@@ -68,3 +68,32 @@ def write_report(out: Path, recipe: Any, eval_history: list[dict[str, float]], s
     lines += ["", "![curves](curves.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"before": before, "after": after, "steps": len(rows), "seconds": seconds}
+
+
+def save_image_grid(images: list, captions: list[str], target: Path, cols: int = 8, scale: int = 3) -> None:
+    """Samples people look at: each image enlarged, its prompt underneath."""
+    from PIL import Image, ImageDraw
+
+    if not images:
+        return
+    w, h = images[0].size
+    cw, ch = w * scale, h * scale + 28
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * cw, rows * ch), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (i % cols) * cw, (i // cols) * ch
+        grid.paste(image.resize((w * scale, h * scale), Image.NEAREST), (x, y))
+        words, line, lines = caption.replace("a photo of ", "").split(), "", []
+        for word in words:
+            if len(line) + len(word) > cw // 6:
+                lines.append(line)
+                line = ""
+            line = f"{line} {word}".strip()
+        lines.append(line)
+        for k, text in enumerate(lines[:2]):
+            draw.text((x + 2, y + h * scale + 2 + 12 * k), text, fill="black")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    grid.save(tmp)
+    tmp.replace(target)

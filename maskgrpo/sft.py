@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .components import build_backbone, build_tokenizer
+from .components import build_backbone, build_sampler, build_tokenizer
 from .data import encode_completions, encode_prompts
-from .generation import evaluate_accuracy
+from .generation import evaluate_accuracy, evaluate_images
 from .recipe import Recipe
-from .registry import samplers, tasks
+from .registry import tasks
+from .report import save_image_grid
 from .utils import atomic_write_text, make_generator, resolve_device
 
 
@@ -62,11 +63,26 @@ def run_sft(recipe: Recipe) -> dict:
     atomic_write_text(out / "recipe.yaml", recipe.resolved_yaml())
 
     tokenizer = build_tokenizer(recipe.tokenizer)
-    backbone = build_backbone(recipe.backbone, tokenizer).to(device)
+    image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None
+    backbone = build_backbone(recipe.backbone, tokenizer, image_tokenizer).to(device)
     task = tasks.build(recipe.task, where="task")
-    sampler = samplers.build(recipe.sampler, where="sampler")
-    eval_sampler = samplers.build(recipe.eval_sampler or recipe.sampler, where="eval_sampler")
+    sampler = build_sampler(recipe.sampler, tokenizer, image_tokenizer)
+    eval_sampler = build_sampler(recipe.eval_sampler or recipe.sampler, tokenizer, image_tokenizer, where="eval_sampler")
     eval_set = task.eval_examples()
+
+    def targets(examples: list) -> torch.Tensor:
+        """Completion ids: the text target padded with EOS, or the image's VQ codes placed
+        after the text vocabulary."""
+        if image_tokenizer is None:
+            return encode_completions(tokenizer, [e.target for e in examples], sampler.gen_length, device)
+        return image_tokenizer.encode([e.columns["image"] for e in examples]).to(device) + tokenizer.vocab_size
+
+    def evaluate() -> tuple[str, float]:
+        if image_tokenizer is None:
+            return "eval/accuracy", evaluate_accuracy(backbone, tokenizer, eval_sampler, eval_set, device=device).accuracy
+        scores, images, _ = evaluate_images(backbone, tokenizer, image_tokenizer, eval_sampler, eval_set, device=device)
+        save_image_grid(images[:32], [e.prompt for e in eval_set for _ in range(2)][:32], out / f"samples_step{step + 1}.png")
+        return "eval/geneval", scores["overall"]
 
     opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
@@ -81,7 +97,7 @@ def run_sft(recipe: Recipe) -> dict:
         backbone.train()
         examples = [task.train_example(step * cfg.batch_size + i) for i in range(cfg.batch_size)]
         prompt, attn = encode_prompts(tokenizer, [e.prompt for e in examples], device)
-        target = encode_completions(tokenizer, [e.target for e in examples], sampler.gen_length, device)
+        target = targets(examples)
         loss = masked_diffusion_loss(backbone, prompt, attn, target, make_generator(recipe.seed, step), cfg.min_mask_rate)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -91,8 +107,9 @@ def run_sft(recipe: Recipe) -> dict:
         row = {"step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - start}
         last = step + 1 == cfg.steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
-            row["eval/accuracy"] = evaluate_accuracy(backbone, tokenizer, eval_sampler, eval_set, device=device).accuracy
-            bar.write(f"step {step + 1}: loss {row['loss']:.4f}  held-out greedy accuracy {row['eval/accuracy']:.3f}")
+            key, value = evaluate()
+            row[key] = value
+            bar.write(f"step {step + 1}: loss {row['loss']:.4f}  {key} {value:.3f}")
         log.write(json.dumps(row) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{row['loss']:.3f}")

@@ -61,6 +61,8 @@ class GRPOTrainer:
         if recipe.kind != "grpo":
             raise MaskGRPOError(f"{recipe.source}: kind is '{recipe.kind}', `maskgrpo train` needs a grpo recipe")
         validate_components(recipe)
+        if recipe.image_tokenizer is not None:
+            raise MaskGRPOError(f"{recipe.source}: image GRPO (image_tokenizer) is not supported by `maskgrpo train` yet; `maskgrpo sft` is")
         self.recipe, self.cfg, self.progress = recipe, recipe.grpo, progress
         self.device = resolve_device(recipe.train.device)
         self.out = Path(recipe.output_dir)

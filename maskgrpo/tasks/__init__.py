@@ -1,2 +1,2 @@
-from . import arithmetic, jsonl  # noqa: F401
+from . import arithmetic, jsonl, shapes_task  # noqa: F401
 from .base import Example  # noqa: F401
