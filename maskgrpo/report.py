@@ -13,7 +13,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def plot_curves(rows: list[dict[str, Any]], eval_history: list[dict[str, float]], target: Path, title: str) -> None:
+def plot_curves(
+    rows: list[dict[str, Any]], eval_history: list[dict[str, float]], target: Path, title: str, key: str = "eval/accuracy", label: str = "held-out greedy accuracy"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +29,7 @@ def plot_curves(rows: list[dict[str, Any]], eval_history: list[dict[str, float]]
     if len(rewards) >= window:
         smooth = [sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1]) for i in range(len(rewards))]
         ax.plot(steps, smooth, color="tab:blue", label=f"reward ({window}-step mean)")
-    ax.plot([e["step"] for e in eval_history], [e["eval/accuracy"] for e in eval_history], "o-", color="tab:red", label="held-out greedy accuracy")
+    ax.plot([e["step"] for e in eval_history], [e[key] for e in eval_history], "o-", color="tab:red", label=label)
     ax.set_xlabel("GRPO step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -39,10 +41,12 @@ def plot_curves(rows: list[dict[str, Any]], eval_history: list[dict[str, float]]
     tmp.replace(target)
 
 
-def write_report(out: Path, recipe: Any, eval_history: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+def write_report(
+    out: Path, recipe: Any, eval_history: list[dict[str, float]], seconds: float, key: str = "eval/accuracy", label: str = "held-out greedy accuracy"
+) -> dict[str, Any]:
     rows = read_metrics(out / "metrics.jsonl")
-    plot_curves(rows, eval_history, out / "curves.png", recipe.name)
-    before, after = eval_history[0]["eval/accuracy"], eval_history[-1]["eval/accuracy"]
+    plot_curves(rows, eval_history, out / "curves.png", recipe.name, key, label)
+    before, after = eval_history[0][key], eval_history[-1][key]
     reward_keys = sorted({k for x in rows for k in x if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"})
     first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]
 
@@ -56,15 +60,15 @@ def write_report(out: Path, recipe: Any, eval_history: list[dict[str, float]], s
         f"- estimator: `{json.dumps(recipe.estimator)}`, sampler: `{json.dumps(recipe.sampler)}`",
         f"- steps: {len(rows)}, group size {recipe.grpo.group_size}, mu {recipe.grpo.num_iterations}, "
         f"prompts per step {recipe.train.prompts_per_step}; wall time this session {seconds:.0f} s",
-        f"- held-out greedy accuracy: **{before:.3f} -> {after:.3f}** ({after - before:+.3f})",
+        f"- {label}: **{before:.3f} -> {after:.3f}** ({after - before:+.3f})",
         "",
         "| metric | first 10% of steps | last 10% of steps |",
         "| --- | --- | --- |",
     ]
-    for key in ["reward/mean", *reward_keys, "frac_zero_std", "kl", "clip_ratio", "seconds"]:
-        lines.append(f"| {key} | {mean(first, key):.4f} | {mean(last, key):.4f} |")
-    lines += ["", "| step | held-out accuracy |", "| --- | --- |"]
-    lines += [f"| {e['step']} | {e['eval/accuracy']:.3f} |" for e in eval_history]
+    for metric in ["reward/mean", *reward_keys, "frac_zero_std", "kl", "clip_ratio", "seconds"]:
+        lines.append(f"| {metric} | {mean(first, metric):.4f} | {mean(last, metric):.4f} |")
+    lines += ["", f"| step | {label} |", "| --- | --- |"]
+    lines += [f"| {e['step']} | {e[key]:.3f} |" for e in eval_history]
     lines += ["", "![curves](curves.png)", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"before": before, "after": after, "steps": len(rows), "seconds": seconds}

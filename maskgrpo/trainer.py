@@ -25,14 +25,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import token_logprobs
-from .components import build_backbone, build_tokenizer
+from .components import build_backbone, build_sampler, build_tokenizer
 from .data import encode_prompts
 from .errors import MaskGRPOError
 from .estimators.masking import ELBOEstimator, MaskedView
-from .generation import evaluate_accuracy
+from .generation import evaluate_accuracy, evaluate_images
 from .grpo import aggregate, group_advantages, grpo_token_loss
 from .recipe import Recipe, validate_components
-from .registry import estimators, samplers, tasks
+from .registry import estimators, tasks
+from .report import save_image_grid
 from .rewards.combine import RewardSet, finite
 from .sft import lr_lambda
 from .tokenizers.base import decode_completion
@@ -61,15 +62,17 @@ class GRPOTrainer:
         if recipe.kind != "grpo":
             raise MaskGRPOError(f"{recipe.source}: kind is '{recipe.kind}', `maskgrpo train` needs a grpo recipe")
         validate_components(recipe)
-        if recipe.image_tokenizer is not None:
-            raise MaskGRPOError(f"{recipe.source}: image GRPO (image_tokenizer) is not supported by `maskgrpo train` yet; `maskgrpo sft` is")
         self.recipe, self.cfg, self.progress = recipe, recipe.grpo, progress
         self.device = resolve_device(recipe.train.device)
         self.out = Path(recipe.output_dir)
         torch.manual_seed(recipe.seed)
 
         self.tokenizer = build_tokenizer(recipe.tokenizer)
-        self.policy = build_backbone(recipe.backbone, self.tokenizer).to(self.device)
+        # images: completions are VQ codes after the text vocabulary, decoded to PIL images for rewards
+        self.image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None
+        self.eval_key = "eval/accuracy" if self.image_tokenizer is None else "eval/geneval"
+        self.eval_name = "held-out greedy accuracy" if self.image_tokenizer is None else "GenEval-style score of sampled images"
+        self.policy = build_backbone(recipe.backbone, self.tokenizer, self.image_tokenizer).to(self.device)
         self.mask_id = self.policy.mask_token_id
         if recipe.lora is not None:
             apply_lora(self.policy, recipe.lora)
@@ -81,7 +84,7 @@ class GRPOTrainer:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
 
         self.task = tasks.build(recipe.task, where="task")
-        self.sampler = samplers.build(recipe.sampler, where="sampler")
+        self.sampler = build_sampler(recipe.sampler, self.tokenizer, self.image_tokenizer)
         self.eval_sampler = self._eval_sampler()
         self.estimator = estimators.build(recipe.estimator, where="estimator")
         if isinstance(self.estimator, ELBOEstimator):
@@ -98,10 +101,19 @@ class GRPOTrainer:
         self.eval_history: list[dict[str, float]] = []
 
     def _eval_sampler(self) -> Any:
-        if self.recipe.eval_sampler is not None:
-            return samplers.build(self.recipe.eval_sampler, where="eval_sampler")
-        flat = samplers.expand(self.recipe.sampler, where="sampler")
-        return samplers.build({**flat, "temperature": 0.0}, where="sampler")
+        """Text: the rollout sampler made greedy. Images always sample: the rollout sampler."""
+        r = self.recipe
+        if r.eval_sampler is not None:
+            return build_sampler(r.eval_sampler, self.tokenizer, self.image_tokenizer, where="eval_sampler")
+        greedy = {"temperature": 0.0} if self.image_tokenizer is None else {}
+        return build_sampler(r.sampler, self.tokenizer, self.image_tokenizer, **greedy)
+
+    def _completions(self, rollout: Any) -> list[Any]:
+        if self.image_tokenizer is None:
+            return [decode_completion(self.tokenizer, row.tolist()) for row in rollout.completion]
+        codes = (rollout.completion - self.tokenizer.vocab_size).cpu()
+        with torch.no_grad():
+            return self.image_tokenizer.to_pil(self.image_tokenizer.decode(codes))
 
     # -- one GRPO step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
@@ -118,7 +130,7 @@ class GRPOTrainer:
         ids, attn = encode_prompts(self.tokenizer, prompts, self.device)
         self.policy.eval()
         rollout = self.sampler.sample(self.policy, ids, make_generator(self.recipe.seed, step, 1_000_000), attention_mask=attn)
-        completions = [decode_completion(self.tokenizer, row.tolist()) for row in rollout.completion]
+        completions = self._completions(rollout)
 
         # 2. Score.
         totals, components = self.rewards.score(prompts, completions, columns)
@@ -128,7 +140,7 @@ class GRPOTrainer:
             row[f"reward/{name}/mean"] = sum(present) / len(present) if present else float("nan")
         if not finite(totals):
             bad = next(i for i, v in enumerate(totals) if not math.isfinite(v))
-            tqdm.write(f"step {step + 1}: non-finite reward {totals[bad]} on sample {bad} ({completions[bad][:60]!r}); step skipped")
+            tqdm.write(f"step {step + 1}: non-finite reward {totals[bad]} on sample {bad} (prompt {prompts[bad][:60]!r}); step skipped")
             return {**row, "skipped": "non-finite reward", "seconds": time.time() - started}
         rewards = torch.tensor(totals, dtype=torch.float32, device=self.device)
         advantages = group_advantages(rewards, G, cfg.advantage_std)
@@ -138,7 +150,6 @@ class GRPOTrainer:
                 "reward/mean": rewards.mean().item(),
                 "reward/std": rewards.std().item(),
                 "frac_zero_std": (grouped.std(dim=1) < 1e-6).float().mean().item(),
-                "completion_length": sum(len(c) for c in completions) / len(completions),
             }
         )
 
@@ -222,10 +233,15 @@ class GRPOTrainer:
 
     # -- evaluation, checkpoints, the loop --------------------------------------------------------
     def evaluate(self) -> float:
-        result = evaluate_accuracy(
-            self.policy, self.tokenizer, self.eval_sampler, self.eval_set, self.recipe.train.eval_batch_size, self.device
-        )
-        return result.accuracy
+        """Held-out greedy accuracy (text), or the GenEval-style score of sampled images, with a
+        PNG grid of them in samples/ so a person sees what the policy learned."""
+        batch = self.recipe.train.eval_batch_size
+        if self.image_tokenizer is None:
+            return evaluate_accuracy(self.policy, self.tokenizer, self.eval_sampler, self.eval_set, batch, self.device).accuracy
+        scores, images, _ = evaluate_images(self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, self.eval_set, batch_size=batch, device=self.device)
+        captions = [e.prompt for e in self.eval_set for _ in range(2)]
+        save_image_grid(images[:48], captions[:48], self.out / "samples" / f"step{self.step:05d}.png")
+        return scores["overall"]
 
     def save_checkpoint(self) -> Path:
         """Atomic: a half-written checkpoint never replaces a good one."""
@@ -274,8 +290,8 @@ class GRPOTrainer:
             print(f"resuming {r.name} from step {self.step}")
         if not self.eval_history:
             accuracy = self.evaluate()
-            self.eval_history.append({"step": 0, "eval/accuracy": accuracy})
-            print(f"held-out greedy accuracy before training: {accuracy:.3f} ({len(self.eval_set)} problems)")
+            self.eval_history.append({"step": 0, self.eval_key: accuracy})
+            print(f"{self.eval_name} before training: {accuracy:.3f} ({len(self.eval_set)} prompts)")
         atomic_write_text(metrics_path, "".join(json.dumps(x) + "\n" for x in rows))
 
         started = time.time()
@@ -290,9 +306,9 @@ class GRPOTrainer:
                     if self.cfg.ref_sync_steps and self.step % self.cfg.ref_sync_steps == 0:
                         self.reference.load_state_dict(self.policy.state_dict())  # type: ignore[union-attr]
                     if (r.train.eval_every and self.step % r.train.eval_every == 0) or self.step == r.train.steps:
-                        row["eval/accuracy"] = self.evaluate()
-                        self.eval_history.append({"step": self.step, "eval/accuracy": row["eval/accuracy"]})
-                        bar.write(f"step {self.step}: held-out greedy accuracy {row['eval/accuracy']:.3f}")
+                        row[self.eval_key] = self.evaluate()
+                        self.eval_history.append({"step": self.step, self.eval_key: row[self.eval_key]})
+                        bar.write(f"step {self.step}: {self.eval_name} {row[self.eval_key]:.3f}")
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.update(1)
@@ -311,9 +327,9 @@ class GRPOTrainer:
         self.export()
         from .report import write_report
 
-        summary = write_report(self.out, r, self.eval_history, time.time() - started)
-        before, after = self.eval_history[0]["eval/accuracy"], self.eval_history[-1]["eval/accuracy"]
-        print(f"held-out greedy accuracy: before {before:.3f} -> after {after:.3f} ({after - before:+.3f})")
+        summary = write_report(self.out, r, self.eval_history, time.time() - started, self.eval_key, self.eval_name)
+        before, after = self.eval_history[0][self.eval_key], self.eval_history[-1][self.eval_key]
+        print(f"{self.eval_name}: before {before:.3f} -> after {after:.3f} ({after - before:+.3f})")
         print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/)")
         return summary
 

@@ -66,9 +66,45 @@ def test_short_image_sft_run(tiny_vq: Path, tmp_path: Path) -> None:
     assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3])
     assert 0 <= rows[-1]["eval/geneval"] <= 1
     assert (tmp_path / "run/samples_step12.png").is_file() and (tmp_path / "run/model/word_tokenizer.json").is_file()
-    # GRPO on images is not wired yet: the trainer says so instead of failing later
-    grpo = {**recipe, "kind": "grpo", "estimator": {"type": "random"}, "rewards": [{"type": "format"}]}
-    grpo.pop("sft")
-    path.write_text(yaml.safe_dump(grpo))
-    with pytest.raises(MaskGRPOError, match="image GRPO"):
-        GRPOTrainer(load_recipe(path), progress=False)
+
+
+def test_two_step_image_grpo_changes_parameters(tiny_vq: Path, tmp_path: Path) -> None:
+    recipe = {
+        "kind": "grpo",
+        "name": "tiny-image-grpo",
+        "output_dir": str(tmp_path / "run"),
+        "backbone": {"type": "transformer", "max_length": 80, "d_model": 32, "n_layers": 1, "n_heads": 2},
+        "tokenizer": {"type": "word"},
+        "image_tokenizer": {"type": "vq", "path": str(tiny_vq)},
+        "task": {"type": "shapes", "tags": ["single_object", "two_object"], "n_eval": 4},
+        "sampler": {"type": "emerge", "image_tokens": 64, "steps": 4, "cfg_scale": 1.0},
+        "estimator": {"type": "random", "min_mask_rate": 0.8},
+        "rewards": [{"type": "geneval", "detector": "shapes"}],
+        "grpo": {"group_size": 4, "num_iterations": 2},
+        "optim": {"lr": 1e-3},
+        "train": {"steps": 2, "prompts_per_step": 2, "eval_every": 0},
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    # a reward with variance inside a group: the first image of each group is "right"
+    trainer.rewards.terms[0].fn = lambda prompts, completions, **kw: [float(i % 4 == 0) for i in range(len(completions))]
+    trainer.train()
+    after = trainer.policy.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)
+    assert "eval/geneval" in rows[-1]
+    assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == ["step00000.png", "step00002.png"]
+
+
+def test_geneval_reward_scores_images_like_the_metric() -> None:
+    from maskgrpo.registry import rewards
+    from maskgrpo.tasks.shapes import make_example, make_wrong, render
+
+    metadata, objects = make_example("counting", 3)
+    wrong = make_wrong(metadata, "count", 3)
+    reward = rewards.build({"type": "geneval", "detector": "shapes"})
+    images = [render(objects, size=32), render(wrong, size=32)]
+    assert reward([metadata["prompt"]] * 2, images, metadata=[metadata] * 2) == [1.0, 0.0]

@@ -268,3 +268,20 @@ def test_label_components_matches_flood_fill():
         # every component is one label
         for c in range(n):
             assert len(np.unique(labels[comp == c])) == 1
+
+
+def test_small_blobs_are_not_confident_objects() -> None:
+    """Generated images are full of small blobs; below the smallest legitimate object (8 px
+    across) they must not count as circles or squares (score under GenEval's 0.3 threshold)."""
+    from PIL import Image, ImageDraw
+
+    from maskgrpo.metrics.detectors.shapes import ShapesDetector
+    from maskgrpo.tasks.shapes import BACKGROUND, COLORS
+
+    image = Image.new("RGB", (32, 32), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for i, color in enumerate(["red", "blue", "green", "yellow"]):
+        x, y = 3 + 8 * i, 3 + 6 * (i % 2)
+        draw.ellipse((x, y, x + 3, y + 3), fill=COLORS[color])  # about 12 px of area
+    dets = ShapesDetector().detect(image)
+    assert dets and all(d.score < 0.3 for d in dets)

@@ -1,1 +1,1 @@
-from . import math  # noqa: F401
+from . import image, math  # noqa: F401

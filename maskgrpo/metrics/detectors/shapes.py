@@ -197,6 +197,7 @@ class ShapesDetector:
         min_solidity: float = 0.85,
         max_aspect: float = 1.5,
         low_score: float = 0.2,
+        min_regular_area: float = 16.0,
     ):
         self.background = np.asarray(background, dtype=np.float64)
         self.estimate_background = estimate_background
@@ -206,6 +207,9 @@ class ShapesDetector:
         self.min_solidity = min_solidity
         self.max_aspect = max_aspect
         self.low_score = low_score
+        # generated images have small blobs that pass for shapes; the smallest legitimate object
+        # (8 px across: a triangle of circumradius 4) covers about 20 px
+        self.min_regular_area = min_regular_area
 
     def _background(self, img: np.ndarray) -> np.ndarray:
         if not self.estimate_background:
@@ -287,7 +291,7 @@ class ShapesDetector:
             solidity = soft_area / hull_area
             aspect = long_side / max(short_side, 1e-9)
             label = classify_shape(fill, roundness)
-            regular = solidity >= self.min_solidity and aspect <= self.max_aspect
+            regular = solidity >= self.min_solidity and aspect <= self.max_aspect and soft_area >= self.min_regular_area
             box = (float(hull[:, 0].min()), float(hull[:, 1].min()), float(hull[:, 0].max()), float(hull[:, 1].max()))
             mask = np.zeros((H, W), dtype=bool)
             mask[cov >= 0.5] = True
