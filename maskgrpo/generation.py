@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from .backbones.base import Backbone
 from .data import encode_prompts
+from .samplers.base import Rollout
 from .tasks.base import Example
 from .tokenizers.base import TextTokenizer, decode_completion
 from .utils import make_generator
 
 
 @torch.no_grad()
+def rollouts(
+    backbone: Backbone, tokenizer: TextTokenizer, sampler, prompts: list[str], batch_size: int, seed: int, device: torch.device | str
+) -> Iterator[Rollout]:
+    """Batched rollouts in eval mode (training mode restored after), deterministic for a seed."""
+    was_training = getattr(backbone, "training", False)
+    if hasattr(backbone, "eval"):
+        backbone.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids, attn = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+            yield sampler.sample(backbone, ids, make_generator(seed, start), attention_mask=attn)
+    finally:
+        if was_training:
+            backbone.train()
+
+
 def generate(
     backbone: Backbone,
     tokenizer: TextTokenizer,
@@ -23,20 +41,12 @@ def generate(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> list[str]:
-    """Completions as text, batched; deterministic for a seed."""
-    was_training = getattr(backbone, "training", False)
-    if hasattr(backbone, "eval"):
-        backbone.eval()
-    out: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ids, attn = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
-            rollout = sampler.sample(backbone, ids, make_generator(seed, start), attention_mask=attn)
-            out += [decode_completion(tokenizer, row.tolist()) for row in rollout.completion]
-    finally:
-        if was_training:
-            backbone.train()
-    return out
+    """Completions as text."""
+    return [
+        decode_completion(tokenizer, row.tolist())
+        for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device)
+        for row in rollout.completion
+    ]
 
 
 @dataclass
@@ -78,19 +88,10 @@ def generate_images(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> list:
-    """PIL images for prompts: sample code grids (after the text vocabulary), then VQ-decode."""
-    was_training = getattr(backbone, "training", False)
-    backbone.eval()
+    """PIL images for prompts: sampled code grids (after the text vocabulary), VQ-decoded."""
     images: list = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ids, attn = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
-            rollout = sampler.sample(backbone, ids, make_generator(seed, start), attention_mask=attn)
-            codes = (rollout.completion - tokenizer.vocab_size).cpu()
-            images += image_tokenizer.to_pil(image_tokenizer.decode(codes))
-    finally:
-        if was_training:
-            backbone.train()
+    for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device):
+        images += image_tokenizer.to_pil(image_tokenizer.decode((rollout.completion - tokenizer.vocab_size).cpu()))
     return images
 
 
