@@ -91,8 +91,14 @@ def generate_images(
     """PIL images for prompts: sampled code grids (after the text vocabulary), VQ-decoded."""
     images: list = []
     for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device):
-        images += image_tokenizer.to_pil(image_tokenizer.decode((rollout.completion - tokenizer.vocab_size).cpu()))
+        images += codes_to_images(rollout.completion, tokenizer, image_tokenizer)
     return images
+
+
+@torch.no_grad()
+def codes_to_images(completion: torch.Tensor, tokenizer: TextTokenizer, image_tokenizer) -> list:
+    """Completion ids (codes placed after the text vocabulary) -> PIL images."""
+    return image_tokenizer.to_pil(image_tokenizer.decode((completion - tokenizer.vocab_size).cpu()))
 
 
 def evaluate_images(

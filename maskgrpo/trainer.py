@@ -29,7 +29,7 @@ from .components import build_backbone, build_sampler, build_tokenizer
 from .data import encode_prompts
 from .errors import MaskGRPOError
 from .estimators.masking import ELBOEstimator, MaskedView
-from .generation import evaluate_accuracy, evaluate_images
+from .generation import codes_to_images, evaluate_accuracy, evaluate_images
 from .grpo import aggregate, group_advantages, grpo_token_loss
 from .recipe import Recipe, validate_components
 from .registry import estimators, tasks
@@ -111,9 +111,7 @@ class GRPOTrainer:
     def _completions(self, rollout: Any) -> list[Any]:
         if self.image_tokenizer is None:
             return [decode_completion(self.tokenizer, row.tolist()) for row in rollout.completion]
-        codes = (rollout.completion - self.tokenizer.vocab_size).cpu()
-        with torch.no_grad():
-            return self.image_tokenizer.to_pil(self.image_tokenizer.decode(codes))
+        return codes_to_images(rollout.completion, self.tokenizer, self.image_tokenizer)
 
     # -- one GRPO step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:

@@ -62,17 +62,10 @@ def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRe
 
 def render_batch(rng: random.Random, n: int, size: int) -> tuple[list[Any], list[dict]]:
     """Correct renders for random GenEval-style prompts, all six tags."""
-    from .tasks.shapes import TAGS, PlacementError, make_example, render
+    from .tasks.shapes import sample_scene
 
-    images, rows = [], []
-    while len(images) < n:
-        try:
-            metadata, objects = make_example(rng.choice(TAGS), rng, size)
-        except PlacementError:  # a crowded layout that did not fit: draw another prompt
-            continue
-        images.append(render(objects, size=size, seed=rng.randrange(2**31)))
-        rows.append(metadata)
-    return images, rows
+    scenes = [sample_scene(rng, size=size) for _ in range(n)]
+    return [image for _, image in scenes], [metadata for metadata, _ in scenes]
 
 
 def reconstruction_agreement(tokenizer: Any, n: int, size: int, seed: int = 12345) -> float:

@@ -359,6 +359,18 @@ def make_example(tag: str, rng: random.Random | int | None = None, size: int = 3
     return metadata, objects_for_metadata(metadata, rng, size)
 
 
+def sample_scene(rng: random.Random, tags: list[str] | tuple[str, ...] = TAGS, size: int = 32) -> tuple[dict[str, Any], Image.Image]:
+    """A random prompt from `tags` with a correct render. A crowded layout that does not fit
+    (PlacementError) is redrawn with another prompt."""
+    while True:
+        try:
+            metadata, objects = make_example(rng.choice(tags), rng, size)
+            break
+        except PlacementError:
+            continue
+    return metadata, render(objects, size=size, seed=rng.randrange(2**31))
+
+
 def wrong_kinds(metadata: dict[str, Any]) -> list[str]:
     """The ways `make_wrong` can violate this row."""
     kinds = ["count", "class"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import MaskGRPOError
 from ..registry import tasks
 from .base import Example
-from .shapes import TAGS, PlacementError, make_example, render
+from .shapes import TAGS, sample_scene
 
 SUITE = Path(__file__).resolve().parent.parent.parent / "evals" / "shapes" / "metadata.jsonl"
 
@@ -35,14 +35,7 @@ class ShapesTask:
             raise MaskGRPOError(f"task.eval_path: {self.eval_path} not found")
 
     def train_example(self, index: int) -> Example:
-        rng = random.Random(self.seed * 1_000_003 + index)
-        while True:
-            try:
-                metadata, objects = make_example(rng.choice(self.tags), rng, self.size)
-                break
-            except PlacementError:  # a crowded layout that did not fit: draw another
-                continue
-        image = render(objects, size=self.size, seed=rng.randrange(2**31))
+        metadata, image = sample_scene(random.Random(self.seed * 1_000_003 + index), self.tags, self.size)
         return Example(prompt=metadata["prompt"], answer="", columns={"metadata": metadata, "image": image})
 
     def eval_examples(self) -> list[Example]:
