@@ -75,6 +75,9 @@ class SFTConfig(_Strict):
     warmup_steps: int = Field(100, ge=0)
     eval_every: int = Field(500, ge=0)
     min_mask_rate: float = Field(1e-3, gt=0, le=1, description="t ~ U(min_mask_rate, 1)")
+    prompt_dropout: float = Field(
+        0.0, ge=0, lt=1, description="probability of masking an example's whole prompt, so classifier-free guidance has an unconditional model"
+    )
     save_to: str | None = Field(None, description="also save the trained model (and tokenizer) here")
     device: str = "cpu"
 

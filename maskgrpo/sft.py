@@ -2,7 +2,10 @@
 
 Per example: t ~ U(t_min, 1); every completion token is masked with probability t; the loss is
 the cross-entropy at masked positions weighted by 1/t, summed and divided by the number of
-completion tokens (an unbiased bound on the negative log-likelihood). The prompt is never masked.
+completion tokens (an unbiased bound on the negative log-likelihood). The prompt is not masked,
+except that with probability `prompt_dropout` an example's whole prompt is (padding kept), which
+is exactly the unconditional input `guided_logits` builds: without it, classifier-free guidance
+extrapolates away from logits the model never learnt.
 """
 
 from __future__ import annotations
@@ -25,11 +28,20 @@ from .utils import atomic_write_text, make_generator, resolve_device
 
 
 def masked_diffusion_loss(
-    backbone, prompt: torch.Tensor, prompt_attn: torch.Tensor, target: torch.Tensor, generator: torch.Generator, t_min: float
+    backbone,
+    prompt: torch.Tensor,
+    prompt_attn: torch.Tensor,
+    target: torch.Tensor,
+    generator: torch.Generator,
+    t_min: float,
+    prompt_dropout: float = 0.0,
 ) -> torch.Tensor:
     batch, length = target.shape
     t = t_min + (1 - t_min) * torch.rand(batch, 1, generator=generator, device=generator.device).to(target.device)
     masked = torch.rand(batch, length, generator=generator, device=generator.device).to(target.device) < t
+    if prompt_dropout > 0:
+        drop = torch.rand(batch, 1, generator=generator, device=generator.device).to(target.device) < prompt_dropout
+        prompt = prompt.masked_fill(drop & prompt_attn.bool(), backbone.mask_token_id)
     noisy = target.masked_fill(masked, backbone.mask_token_id)
     tokens = torch.cat([prompt, noisy], dim=1)
     attn = torch.cat([prompt_attn, torch.ones_like(noisy, dtype=torch.bool)], dim=1)
@@ -98,7 +110,9 @@ def run_sft(recipe: Recipe) -> dict:
         examples = [task.train_example(step * cfg.batch_size + i) for i in range(cfg.batch_size)]
         prompt, attn = encode_prompts(tokenizer, [e.prompt for e in examples], device)
         target = targets(examples)
-        loss = masked_diffusion_loss(backbone, prompt, attn, target, make_generator(recipe.seed, step), cfg.min_mask_rate)
+        loss = masked_diffusion_loss(
+            backbone, prompt, attn, target, make_generator(recipe.seed, step), cfg.min_mask_rate, cfg.prompt_dropout
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)

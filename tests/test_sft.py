@@ -26,6 +26,25 @@ def test_loss_ignores_the_prompt_and_weights_by_inverse_rate(tiny_model) -> None
     assert abs(sum(losses) / len(losses) - torch.log(torch.tensor(21.0)).item()) < 0.5
 
 
+def test_prompt_dropout_masks_whole_prompts_and_keeps_padding(tiny_model, monkeypatch) -> None:
+    """The dropped rows are exactly the unconditional input that classifier-free guidance uses."""
+    seen = []
+    hidden = tiny_model.hidden
+    monkeypatch.setattr(tiny_model, "hidden", lambda tokens, attn=None: seen.append(tokens.clone()) or hidden(tokens, attn))
+    prompt = torch.randint(4, 20, (400, 5))
+    attn = torch.ones_like(prompt, dtype=torch.bool)
+    attn[:, :2] = False  # left padding stays padding
+    masked_diffusion_loss(tiny_model, prompt, attn, torch.randint(4, 20, (400, 6)), make_generator(0, 3), 1e-3, 0.25)
+    got = seen[-1][:, :5]
+    dropped = (got[:, 2:] == tiny_model.mask_token_id).all(dim=1)
+    assert torch.equal(got[~dropped], prompt[~dropped])
+    assert torch.equal(got[dropped, :2], prompt[dropped, :2])
+    assert (got[~dropped, 2:] != tiny_model.mask_token_id).all()
+    assert 0.18 < dropped.float().mean().item() < 0.32
+    masked_diffusion_loss(tiny_model, prompt, attn, torch.randint(4, 20, (400, 6)), make_generator(0, 3), 1e-3)
+    assert torch.equal(seen[-1][:, :5], prompt)
+
+
 def test_short_sft_run_lowers_the_loss_and_saves_a_loadable_model(tmp_path: Path) -> None:
     recipe = {
         "kind": "sft",

@@ -1,1 +1,1 @@
-from . import hf, transformer  # noqa: F401
+from . import amused, hf, transformer  # noqa: F401

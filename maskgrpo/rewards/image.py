@@ -3,19 +3,27 @@ score an image the same way."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..registry import rewards
 
 
 @rewards.register("geneval")
 class GenEvalReward:
-    """1 if the image passes the GenEval-style checks of its metadata row, else 0."""
+    """1 if the image passes the GenEval-style checks of its metadata row, else 0. With a COCO
+    detector (no colours) the colour checks use CLIP: give `clip_pretrained` (a local file)."""
 
-    def __init__(self, detector: str | dict = "shapes"):
+    def __init__(
+        self,
+        detector: str | dict = "shapes",
+        color: Literal["auto", "detector", "clip"] = "auto",
+        clip_model: str = "ViT-L-14",
+        clip_pretrained: str | None = None,
+        device: str = "cpu",
+    ):
         from ..metrics.geneval import GenEvalMetric
 
-        self.metric = GenEvalMetric(detector=detector)
+        self.metric = GenEvalMetric(detector=detector, color=color, clip_model=clip_model, clip_pretrained=clip_pretrained, device=device)
 
     def __call__(self, prompts: list[str], completions: list[Any], metadata: list[dict], **columns: Any) -> list[float | None]:
         return [1.0 if r["correct"] else 0.0 for r in self.metric.evaluate(completions, metadata)]
