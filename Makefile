@@ -27,7 +27,7 @@ sft-arith: $(VENV)/.installed
 	$(BIN)/maskgrpo sft recipes/arith-sft.yaml
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m bench.rollout && $(BIN)/python -m bench.step && $(BIN)/python -m bench.learning
+	$(BIN)/python -m bench.rollout && $(BIN)/python -m bench.step && $(BIN)/python -m bench.image && $(BIN)/python -m bench.learning
 
 clean:
 	rm -rf runs .pytest_cache

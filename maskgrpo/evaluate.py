@@ -4,7 +4,8 @@ A suite (YAML, schema `Suite` below) names its data, the fields that hold the pr
 gold answer, the metrics (registry specs), the sampler that generates for it and how many samples
 per prompt. Two ways in:
 
-- `--model PRESET_OR_PATH`: generate with the suite's sampler, then score (text suites);
+- `--model PRESET_OR_PATH`: generate with the suite's sampler, then score (text suites; image
+  suites also need `image_tokenizer`, and keep the generated images in `<out>/images`);
 - `--outputs PATH`: score existing outputs only. Text: a JSONL file with one object per line
   holding `completion` and the gold `answer` (optional `prompt`/`question`). Images: GenEval's
   folder layout, `<index>/metadata.jsonl` (one GenEval row) + `<index>/samples/*.png`.
@@ -31,6 +32,7 @@ import html
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -89,6 +91,9 @@ class Suite(_Strict):
     prompt_template: str = Field("{prompt}", description="how a prompt is shown to the model; must contain {prompt}")
     metrics: list[Spec] = Field(min_length=1, description="registry specs of `metrics`; an optional `name` labels one")
     sampler: Spec = Field(description="registry spec of `samplers` used to generate (--model)")
+    image_tokenizer: Spec | None = Field(
+        None, description="image suites: the VQ tokenizer that turns generated codes into images (--model); a relative `path` is relative to the suite file"
+    )
     samples_per_prompt: int = Field(1, ge=1)
     seed: int = 0
     plugins: list[str] = Field([], description="modules or .py files (relative to the suite) to import first")
@@ -601,6 +606,44 @@ def _generate_text(suite: Suite, model: str, limit: int | None, batch_size: int,
     return samples
 
 
+def _generate_images(
+    suite: Suite, model: str, limit: int | None, batch_size: int, progress: bool | None, device: str, bad: _BadRows, folder: Path
+) -> Path:
+    """Sample `samples_per_prompt` images per suite row and write them in GenEval's layout to
+    `folder`, which is then scored like any `--outputs` folder."""
+    from .components import build_sampler, build_tokenizer, load_model
+    from .generation import generate_images
+    from .utils import resolve_device
+
+    if suite.image_tokenizer is None:
+        raise MaskGRPOError(f"{suite.where}: image_tokenizer: needed to turn generated codes into images (--model)")
+    spec = suite.image_tokenizer
+    if isinstance(spec, dict) and spec.get("path") and not Path(spec["path"]).is_absolute():
+        spec = {**spec, "path": str(suite.source_dir / spec["path"])}
+    rows = _read_suite_prompts(suite, limit, bad)
+    for r in rows:
+        problem = validate_geneval_row(r["row"])
+        if problem is not None:
+            raise MaskGRPOError(f"{suite.data_path}:{r['line']}: {problem}")
+    backbone, tokenizer = load_model(model)
+    image_tokenizer = build_tokenizer(spec)
+    sampler = build_sampler(suite.sampler, tokenizer, image_tokenizer)
+    dev = resolve_device(device)
+    backbone = backbone.to(dev) if hasattr(backbone, "to") else backbone
+    n = suite.samples_per_prompt
+    prompts = [r["prompt"] for r in rows for _ in range(n)]
+    images: list[Any] = []
+    with _progress(len(prompts), f"{suite.name}: generating", progress) as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            images += generate_images(backbone, tokenizer, image_tokenizer, sampler, chunk, len(chunk), suite.seed + start, dev)
+            bar.update(len(chunk))
+    if folder.exists():
+        shutil.rmtree(folder)
+    save_geneval_folder(folder, [r["row"] for r in rows], [images[i * n : (i + 1) * n] for i in range(len(rows))])
+    return folder
+
+
 # -- reports ---------------------------------------------------------------------------------------
 def _cell(text: Any, width: int) -> str:
     s = "" if text is None else " ".join(str(text).split())
@@ -808,12 +851,8 @@ def evaluate_suite(
         scores = _score_text(spec, samples, batch_size, progress)
     else:
         if model is not None:
-            sampler_type = spec.sampler if isinstance(spec.sampler, str) else spec.sampler.get("type")
-            have = f"sampler '{sampler_type}' is not registered yet" if sampler_type not in samplers else "no image backbone is registered"
-            raise MaskGRPOError(
-                f"{spec.where}: image generation for eval is not available yet ({have}); "
-                "generate images elsewhere and score them with --outputs DIR (GenEval layout: <index>/metadata.jsonl + <index>/samples/*.png)"
-            )
+            outputs = _generate_images(spec, str(model), limit, batch_size, progress, device, bad, out_dir / "images")
+            generation_seconds = time.perf_counter() - t0
         samples = _read_image_outputs(Path(outputs), limit, bad)
         samples, scores = _score_images(spec, samples, batch_size, progress, bad)
     seconds = time.perf_counter() - t0

@@ -14,7 +14,10 @@ from maskgrpo.components import build_backbone, build_sampler, build_tokenizer
 from maskgrpo.errors import MaskGRPOError
 from maskgrpo.recipe import load_recipe
 from maskgrpo.registry import tasks
+from maskgrpo.tasks.shapes import TAGS
 from maskgrpo.trainer import GRPOTrainer
+
+from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,36 @@ def test_shapes_task_is_seeded_and_carries_metadata_and_image() -> None:
     assert {e.columns["metadata"]["tag"] for e in task.eval_examples()} == {"counting", "position"}
     with pytest.raises(MaskGRPOError, match="unknown tag"):
         tasks.build({"type": "shapes", "tags": ["colours"]})
+
+
+def test_hold_out_keeps_suite_prompts_of_large_tags_out_of_training() -> None:
+    task = tasks.build({"type": "shapes", "tags": ["colors", "position", "color_attr"], "hold_out": True})
+    suite = {e.prompt for e in task.eval_examples()}
+    assert len(task.held_out) == 30 and task.held_out <= suite
+    prompts = {task.train_example(i).prompt for i in range(400)}
+    assert not prompts & task.held_out
+    assert tasks.build({"type": "shapes", "tags": ["colors"]}).held_out == set()
+    # without hold-out the same stream does meet suite prompts (30 colour prompts, 10 in the suite)
+    plain = tasks.build({"type": "shapes", "tags": ["colors"]})
+    assert {plain.train_example(i).prompt for i in range(100)} & suite
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_canonical_scenes_are_upright_on_the_token_grid_and_correct(tag: str) -> None:
+    from maskgrpo.metrics.geneval import GenEvalMetric
+    from maskgrpo.tasks.shapes import CANONICAL_GRID, make_example, render
+
+    rows, images = [], []
+    for seed in range(40):
+        metadata, objects = make_example(tag, seed, canonical=True)
+        assert all(o.rotation == 0 for o in objects)
+        if len(objects) <= 2:  # crowded scenes fall back to a cell layout, off the grid
+            assert all(o.cx % CANONICAL_GRID == 0 and o.cy % CANONICAL_GRID == 0 for o in objects)
+        rows.append(metadata)
+        images.append(render(objects))
+    metric = GenEvalMetric(detector="shapes")
+    metric.update({"images": images, "metadata": rows})
+    assert metric.compute()["overall"] == 1.0
 
 
 def test_codebook_follows_the_text_vocabulary(tiny_vq: Path) -> None:
@@ -108,3 +141,40 @@ def test_geneval_reward_scores_images_like_the_metric() -> None:
     reward = rewards.build({"type": "geneval", "detector": "shapes"})
     images = [render(objects, size=32), render(wrong, size=32)]
     assert reward([metadata["prompt"]] * 2, images, metadata=[metadata] * 2) == [1.0, 0.0]
+
+
+def test_eval_generates_images_from_a_saved_model_and_scores_them(tiny_vq: Path, tmp_path: Path) -> None:
+    """`maskgrpo eval SUITE --model DIR` on an image suite: the suite's sampler and VQ tokenizer
+    make `samples_per_prompt` images per row in GenEval's layout, which are then scored."""
+    from maskgrpo.evaluate import evaluate_suite
+
+    words = build_tokenizer("word")
+    image_tokenizer = build_tokenizer({"type": "vq", "path": str(tiny_vq)})
+    torch.manual_seed(0)
+    model = build_backbone({"type": "transformer", "max_length": 80, "d_model": 32, "n_layers": 1, "n_heads": 2}, words, image_tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    words.save_pretrained(tmp_path / "model")
+    rows = (REPO / "evals" / "shapes" / "metadata.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    suite = {
+        "name": "tiny-shapes",
+        "modality": "image",
+        "data": "rows.jsonl",
+        "fields": {"prompt": "prompt", "answer": None},
+        "metrics": [{"type": "geneval", "detector": "shapes"}],
+        "sampler": {"type": "emerge", "steps": 4, "cfg_scale": 1.0},
+        "image_tokenizer": {"type": "vq", "path": str(tiny_vq)},
+        "samples_per_prompt": 2,
+    }
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    runs = [evaluate_suite(tmp_path / "suite.yaml", model=str(tmp_path / "model"), out=tmp_path / f"out{k}") for k in range(2)]
+    assert runs[0]["n"] == 6 and 0 <= runs[0]["metrics"]["overall"] <= 1
+    folders = sorted((tmp_path / "out0" / "images").iterdir())
+    assert [f.name for f in folders] == ["00000", "00001", "00002"]
+    assert all(len(list((f / "samples").glob("*.png"))) == 2 for f in folders)
+    png = lambda k: (tmp_path / f"out{k}" / "images" / "00001" / "samples" / "0001.png").read_bytes()  # noqa: E731
+    assert png(0) == png(1)  # seeded
+    del suite["image_tokenizer"]
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    with pytest.raises(MaskGRPOError, match="image_tokenizer"):
+        evaluate_suite(tmp_path / "suite.yaml", model=str(tmp_path / "model"), out=tmp_path / "out2")

@@ -59,6 +59,10 @@ RADIUS_RANGE: dict[str, tuple[float, float]] = {
 MIN_RADIUS = 6.0
 GAP = 1.5  # minimum distance between the circumcircles of two objects (32 x 32 pixels)
 POSITION_MARGIN = 0.65  # generated scenes satisfy GenEval's 0.5 position rule with this margin
+# Canonical scenes (the policy's SFT data): centres on multiples of 4 px, the VQ tokenizer's
+# stride, so a given shape always meets the token grid the same way and becomes the same codes.
+CANONICAL_GRID = 4.0
+CANONICAL_RADIUS: dict[str, float] = {"circle": 7.0, "square": 8.0, "triangle": 8.5}
 
 
 @dataclass
@@ -203,18 +207,25 @@ def _place(
     size: int,
     relation: tuple[str, int, int] | None = None,
     attempts: int = 400,
+    canonical: bool = False,
 ) -> list[ShapeObject]:
     """Place objects (shape, colour) without overlap. `relation` = (rel, i, j): object i must be
-    `rel` object j with GenEval's rule satisfied by POSITION_MARGIN."""
+    `rel` object j with GenEval's rule satisfied by POSITION_MARGIN. `canonical`: upright shapes
+    of one radius per class (`CANONICAL_RADIUS`), centred on the VQ token grid (see `CANONICAL_GRID`)."""
     scale = size / 32.0
     shrink = {1: 1.0, 2: 0.95, 3: 0.8}.get(len(wanted), 0.7)
+    canonical_shrink = 1.0
     for restart in range(16):
         if restart and restart % 3 == 0:
             shrink *= 0.9  # large radii may leave no room: retry with smaller objects
+            canonical_shrink *= 0.92
         placed: list[ShapeObject] = []
         for i, (shape, color) in enumerate(wanted):
-            r = _sample_radius(shape, rng, scale, shrink)
-            rot = rng.uniform(0.0, 360.0) if shape != "circle" else 0.0
+            if canonical:
+                r = max(MIN_RADIUS, CANONICAL_RADIUS[shape] * canonical_shrink) * scale
+            else:
+                r = _sample_radius(shape, rng, scale, shrink)
+            rot = rng.uniform(0.0, 360.0) if shape != "circle" and not canonical else 0.0
             ok = False
             x_lo, x_hi, y_lo, y_hi = r, size - r, r, size - r
             if relation is not None and i == min(relation[1], relation[2]):
@@ -232,6 +243,9 @@ def _place(
             for _ in range(attempts):
                 cx = rng.uniform(x_lo, max(x_lo, x_hi))
                 cy = rng.uniform(y_lo, max(y_lo, y_hi))
+                if canonical:
+                    step = CANONICAL_GRID * scale
+                    cx, cy = step * round(cx / step), step * round(cy / step)
                 if not _fits(cx, cy, r, placed, size, scale):
                     continue
                 cand = ShapeObject(shape, color, cx, cy, r, rot)
@@ -249,11 +263,11 @@ def _place(
         if len(placed) == len(wanted):
             return placed
     if relation is None:
-        return _place_in_cells(wanted, rng, size)
+        return _place_in_cells(wanted, rng, size, canonical)
     raise PlacementError(f"could not place {len(wanted)} objects in a {size}x{size} image")
 
 
-def _place_in_cells(wanted: list[tuple[str, str]], rng: random.Random, size: int) -> list[ShapeObject]:
+def _place_in_cells(wanted: list[tuple[str, str]], rng: random.Random, size: int, canonical: bool = False) -> list[ShapeObject]:
     """Crowded scenes: one object per cell of a grid, radius shrunk to fit its cell."""
     n = len(wanted)
     scale = size / 32.0
@@ -268,12 +282,12 @@ def _place_in_cells(wanted: list[tuple[str, str]], rng: random.Random, size: int
         r_max = min(cw, ch) / 2 - GAP * scale / 2 - 0.5 * scale
         if r_max < MIN_RADIUS * scale * 0.99:
             raise PlacementError(f"{n} objects do not fit a {size}x{size} image")
-        r = min(_sample_radius(shape, rng, scale, 0.8), r_max)
+        r = min(CANONICAL_RADIUS[shape] * scale if canonical else _sample_radius(shape, rng, scale, 0.8), r_max)
         x0, y0 = (cell % cols) * cw, (cell // cols) * ch
         slack = min(cw, ch) / 2 - GAP * scale / 2 - r
         cx = x0 + cw / 2 + rng.uniform(-1, 1) * max(slack, 0.0) * 0.9
         cy = y0 + ch / 2 + rng.uniform(-1, 1) * max(slack, 0.0) * 0.9
-        rot = rng.uniform(0.0, 360.0) if shape != "circle" else 0.0
+        rot = rng.uniform(0.0, 360.0) if shape != "circle" and not canonical else 0.0
         placed.append(ShapeObject(shape, color, cx, cy, r, rot))
     return placed
 
@@ -283,7 +297,9 @@ def _colors_except(rng: random.Random, exclude: set[str], k: int = 1) -> list[st
     return rng.sample(pool, k)
 
 
-def objects_for_metadata(metadata: dict[str, Any], rng: random.Random | int | None = None, size: int = 32) -> list[ShapeObject]:
+def objects_for_metadata(
+    metadata: dict[str, Any], rng: random.Random | int | None = None, size: int = 32, canonical: bool = False
+) -> list[ShapeObject]:
     """A scene that satisfies a GenEval-schema row over this world's classes: every include
     entry's count (exactly, so excludes hold too), colours where given (random otherwise), and at
     most one position relation (`position: [rel, target_index]`)."""
@@ -306,7 +322,7 @@ def objects_for_metadata(metadata: dict[str, Any], rng: random.Random | int | No
         have = sum(1 for c, _ in wanted if c == entry["class"])
         if have >= int(entry["count"]):
             raise ValueError(f"metadata is contradictory: include has {have} {entry['class']}, exclude {entry['count']}")
-    return _place(wanted, rng, size, relation)
+    return _place(wanted, rng, size, relation, canonical=canonical)
 
 
 def make_metadata(tag: str, rng: random.Random | int | None = None) -> dict[str, Any]:
@@ -352,19 +368,24 @@ def make_metadata(tag: str, rng: random.Random | int | None = None) -> dict[str,
     raise ValueError(f"unknown tag '{tag}' (known: {', '.join(TAGS)})")
 
 
-def make_example(tag: str, rng: random.Random | int | None = None, size: int = 32) -> tuple[dict[str, Any], list[ShapeObject]]:
+def make_example(
+    tag: str, rng: random.Random | int | None = None, size: int = 32, canonical: bool = False
+) -> tuple[dict[str, Any], list[ShapeObject]]:
     """(metadata row, objects of a scene that satisfies it) for one of GenEval's six tags."""
     rng = _rng(rng)
     metadata = make_metadata(tag, rng)
-    return metadata, objects_for_metadata(metadata, rng, size)
+    return metadata, objects_for_metadata(metadata, rng, size, canonical)
 
 
-def sample_scene(rng: random.Random, tags: list[str] | tuple[str, ...] = TAGS, size: int = 32) -> tuple[dict[str, Any], Image.Image]:
+def sample_scene(
+    rng: random.Random, tags: list[str] | tuple[str, ...] = TAGS, size: int = 32, canonical: bool = False
+) -> tuple[dict[str, Any], Image.Image]:
     """A random prompt from `tags` with a correct render. A crowded layout that does not fit
-    (PlacementError) is redrawn with another prompt."""
+    (PlacementError) is redrawn with another prompt. `canonical`: upright, one-size-per-class shapes
+    on the token grid (what the small policy is taught; any correct scene still scores 1)."""
     while True:
         try:
-            metadata, objects = make_example(rng.choice(tags), rng, size)
+            metadata, objects = make_example(rng.choice(tags), rng, size, canonical)
             break
         except PlacementError:
             continue
