@@ -35,10 +35,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .recipe import read_yaml
 
-    if read_yaml(args.recipe).get("kind") == "vq":
+    kind = read_yaml(args.recipe).get("kind")
+    if kind == "vq":
         from .vq_train import load_vq_recipe
 
         recipe = load_vq_recipe(args.recipe, args.set)
+    elif kind == "clip":
+        from .clip_train import load_clip_recipe
+
+        recipe = load_clip_recipe(args.recipe, args.set)
     else:
         recipe = _recipe(args)
     print(f"{args.recipe}: ok ({recipe.kind} recipe '{recipe.name}')")
@@ -61,6 +66,13 @@ def cmd_train_vq(args: argparse.Namespace) -> int:
     from .vq_train import load_vq_recipe, train_vq
 
     train_vq(load_vq_recipe(args.recipe, args.set))
+    return 0
+
+
+def cmd_train_clip(args: argparse.Namespace) -> int:
+    from .clip_train import load_clip_recipe, train_clip
+
+    train_clip(load_clip_recipe(args.recipe, args.set))
     return 0
 
 
@@ -116,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_parser("check", "validate a recipe (builds nothing heavy)", cmd_check).add_argument("--show", action="store_true", help="print the resolved recipe")
     recipe_parser("sft", "masked-diffusion supervised training", cmd_sft)
     recipe_parser("train-vq", "train a VQ image tokenizer on shapes renders", cmd_train_vq)
+    recipe_parser("train-clip", "train a small open_clip CLIP on shapes renders and prompts", cmd_train_clip)
     t = recipe_parser("train", "GRPO training", cmd_train)
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
     t.add_argument("--no-progress", action="store_true")
