@@ -46,14 +46,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from .errors import MaskGRPOError, RecipeError, format_validation_error
-from .recipe import _Strict, read_yaml
+from .errors import MaskGRPOError, RecipeError
+from .recipe import _Strict, read_schema
 from .sft import lr_lambda
 from .tokenizers.word import SHAPES_WORDS
 from .utils import atomic_directory, atomic_write_text, resolve_device
@@ -119,15 +118,7 @@ class ClipRecipe(_Strict):
 
 
 def load_clip_recipe(path: str | Path, overrides: list[str] | None = None) -> ClipRecipe:
-    from .recipe import apply_override
-
-    data = read_yaml(path)
-    for assignment in overrides or []:
-        apply_override(data, assignment)
-    try:
-        recipe = ClipRecipe.model_validate(data)
-    except pydantic.ValidationError as err:
-        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+    recipe = read_schema(path, ClipRecipe, overrides)
     check_timm_model(recipe.model, where=f"{path}: model.timm_model_name")
     return recipe
 

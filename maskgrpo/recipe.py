@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import pydantic
 import yaml
@@ -194,16 +194,25 @@ def _list_item(node: list[Any], part: str, path: str) -> Any:
     return item
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, check_components: bool = True) -> Recipe:
-    """Read, override, validate. With `check_components`, also load plugins and check every
-    component spec against the registry (nothing heavy is built)."""
+T = TypeVar("T", bound=pydantic.BaseModel)
+
+
+def read_schema(path: str | Path, schema: type[T], overrides: list[str] | None = None, **extra: Any) -> T:
+    """A YAML file with `--set` overrides applied, validated by `schema` (errors name the file);
+    shared by every recipe kind (grpo/sft, vq, clip)."""
     data = copy.deepcopy(read_yaml(path))
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:
-        recipe = Recipe.model_validate({**data, "source": str(path)})
+        return schema.model_validate({**data, **extra})
     except pydantic.ValidationError as err:
         raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_components: bool = True) -> Recipe:
+    """Read, override, validate. With `check_components`, also load plugins and check every
+    component spec against the registry (nothing heavy is built)."""
+    recipe = read_schema(path, Recipe, overrides, source=str(path))
     if check_components:
         validate_components(recipe, prefix=str(path))
     return recipe

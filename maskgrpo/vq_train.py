@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
 import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .errors import RecipeError, format_validation_error
-from .recipe import Spec, _Strict, read_yaml
+from .recipe import Spec, _Strict, read_schema
 from .registry import load_presets, tokenizers
 from .sft import lr_lambda
 from .utils import atomic_write_text
@@ -46,15 +44,7 @@ class VQRecipe(_Strict):
 
 
 def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRecipe:
-    from .recipe import apply_override
-
-    data = read_yaml(path)
-    for assignment in overrides or []:
-        apply_override(data, assignment)
-    try:
-        recipe = VQRecipe.model_validate(data)
-    except pydantic.ValidationError as err:
-        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+    recipe = read_schema(path, VQRecipe, overrides)
     load_presets()
     tokenizers.validate(recipe.tokenizer, where="tokenizer")
     return recipe
