@@ -628,6 +628,12 @@ def _generate_images(
     backbone, tokenizer = load_model(model)
     image_tokenizer = build_tokenizer(spec)
     sampler = build_sampler(suite.sampler, tokenizer, image_tokenizer)
+    lo, hi = sampler.codebook
+    if getattr(backbone, "vocab_size", hi) < hi:
+        raise MaskGRPOError(
+            f"--model: {model} has a vocabulary of {backbone.vocab_size}, too small for the image codes "
+            f"[{lo}, {hi}) of {suite.where}'s image_tokenizer (not a text-to-image model?)"
+        )
     dev = resolve_device(device)
     backbone = backbone.to(dev) if hasattr(backbone, "to") else backbone
     n = suite.samples_per_prompt

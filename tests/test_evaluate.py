@@ -287,9 +287,10 @@ def test_bad_image_and_bad_metadata(shapes_folder, tmp_path, capsys):
     assert f"{folder / '00005' / 'samples'}: no images" in error_line(capsys)
 
 
-def test_image_generation_is_refused_clearly(tmp_path, capsys):
+def test_a_text_model_on_an_image_suite_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", str(SHAPES), "--model", "arith-small", "--out", str(tmp_path / "o")]) == 2
-    assert "image generation for eval is not available yet" in error_line(capsys)
+    line = error_line(capsys)
+    assert "too small for the image codes" in line and "not a text-to-image model" in line
 
 
 # -- text generation (--model) -----------------------------------------------------------------------
