@@ -78,6 +78,9 @@ class SFTConfig(_Strict):
     prompt_dropout: float = Field(
         0.0, ge=0, lt=1, description="probability of masking an example's whole prompt, so classifier-free guidance has an unconditional model"
     )
+    weighting: Literal["elbo", "masked_mean"] = Field(
+        "elbo", description="elbo: LLaDA's 1/t-weighted bound; masked_mean: mean cross-entropy over masked tokens (MaskGIT, for images)"
+    )
     save_to: str | None = Field(None, description="also save the trained model (and tokenizer) here")
     device: str = "cpu"
 

@@ -2,7 +2,10 @@
 
 Per example: t ~ U(t_min, 1); every completion token is masked with probability t; the loss is
 the cross-entropy at masked positions weighted by 1/t, summed and divided by the number of
-completion tokens (an unbiased bound on the negative log-likelihood). The prompt is not masked,
+completion tokens (an unbiased bound on the negative log-likelihood). `weighting: masked_mean`
+drops the 1/t and averages over the masked tokens instead (MaskGIT's image objective): the
+bound's weights reach 1/t_min (1,000 by default), so a few lightly masked examples dominate a
+batch's gradient. The prompt is not masked,
 except that with probability `prompt_dropout` an example's whole prompt is (padding kept), which
 is exactly the unconditional input `guided_logits` builds: without it, classifier-free guidance
 extrapolates away from logits the model never learnt.
@@ -35,6 +38,7 @@ def masked_diffusion_loss(
     generator: torch.Generator,
     t_min: float,
     prompt_dropout: float = 0.0,
+    weighting: str = "elbo",
 ) -> torch.Tensor:
     batch, length = target.shape
     t = t_min + (1 - t_min) * torch.rand(batch, 1, generator=generator, device=generator.device).to(target.device)
@@ -48,6 +52,10 @@ def masked_diffusion_loss(
     hidden = backbone.hidden(tokens, attn)[:, prompt.shape[1] :]
     logits = backbone.logits_from_hidden(hidden[masked])
     ce = torch.nn.functional.cross_entropy(logits.float(), target[masked], reduction="none")
+    if weighting == "masked_mean":
+        return ce.sum() / masked.sum().clamp(min=1)
+    if weighting != "elbo":
+        raise ValueError(f"weighting must be 'elbo' or 'masked_mean', got {weighting!r}")
     weights = (1.0 / t).expand(batch, length)[masked]
     return (ce * weights).sum() / (batch * length)
 
@@ -111,7 +119,7 @@ def run_sft(recipe: Recipe) -> dict:
         prompt, attn = encode_prompts(tokenizer, [e.prompt for e in examples], device)
         target = targets(examples)
         loss = masked_diffusion_loss(
-            backbone, prompt, attn, target, make_generator(recipe.seed, step), cfg.min_mask_rate, cfg.prompt_dropout
+            backbone, prompt, attn, target, make_generator(recipe.seed, step), cfg.min_mask_rate, cfg.prompt_dropout, cfg.weighting
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -30,6 +30,9 @@ class VQTrainConfig(_Strict):
     warmup_steps: int = Field(50, ge=0)
     eval_every: int = Field(500, ge=0)
     eval_images: int = Field(120, ge=1, description="fresh renders scored by the shapes detector at each evaluation")
+    restart_dead_codes_every: int = Field(
+        100, ge=0, description="every this many steps, codes no batch picked since the last check move onto encoder outputs (0: never)"
+    )
 
 
 class VQRecipe(_Strict):
@@ -72,6 +75,24 @@ def reconstruction_agreement(tokenizer: Any, n: int, size: int, seed: int = 1234
     return sum(a == b for a, b in zip(original, rebuilt)) / n
 
 
+def restart_dead_codes(quantizer: torch.nn.Module, latents: torch.Tensor, used: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """Move every code not in `used` onto a random encoder output from `latents`.
+
+    Why: a VQ codebook trained by gradient alone collapses (the shapes tokenizer used 130 of 512
+    codes), and unused codes never receive gradient again. Re-seeding them where the encoder's
+    outputs actually are gives them a chance to win a nearest-neighbour search."""
+    dead = ~used
+    n = int(dead.sum())
+    if n == 0:
+        return 0
+    weight = quantizer.embedding.weight
+    flat = latents.detach().permute(0, 2, 3, 1).reshape(-1, weight.shape[1])
+    pick = torch.randint(len(flat), (n,), generator=generator)
+    with torch.no_grad():
+        weight[dead] = flat[pick].to(weight.dtype)
+    return n
+
+
 def train_vq(recipe: VQRecipe) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)
     cfg = recipe.train
@@ -88,11 +109,14 @@ def train_vq(recipe: VQRecipe) -> dict[str, Any]:
     log = (out / "metrics.jsonl").open("w")
     start = time.time()
     row: dict[str, Any] = {}
+    used = torch.zeros(model.quantize.embedding.num_embeddings, dtype=torch.bool)
+    restart_generator = torch.Generator().manual_seed(recipe.seed)
     for step in tqdm(range(cfg.steps), desc="vq", dynamic_ncols=True):
         images, _ = render_batch(rng, cfg.batch_size, recipe.image_size)
         x = tokenizer.to_tensor(images) * 2 - 1
         latents = model.encode(x).latents
-        quant, vq_loss, _ = model.quantize(latents)
+        quant, vq_loss, (_, _, indices) = model.quantize(latents)
+        used[indices.flatten()] = True
         recon = model.decode(quant, force_not_quantize=True).sample
         loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + vq_loss.mean()
         opt.zero_grad(set_to_none=True)
@@ -101,11 +125,19 @@ def train_vq(recipe: VQRecipe) -> dict[str, Any]:
         opt.step()
         sched.step()
         row = {"step": step + 1, "loss": loss.item(), "seconds": time.time() - start}
+        # no restarts in the last tenth: let the moved codes settle before the final evaluation
+        every = cfg.restart_dead_codes_every
+        if every and (step + 1) % every == 0:
+            if step + 1 <= 0.9 * cfg.steps:
+                row["codes/restarted"] = restart_dead_codes(model.quantize, latents, used, restart_generator)
+            row["codes/used"] = int(used.sum())
+            used.zero_()
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
             model.eval()
             row["eval/agreement"] = reconstruction_agreement(tokenizer, cfg.eval_images, recipe.image_size)
             model.train()
-            tqdm.write(f"step {step + 1}: loss {row['loss']:.4f}  detector agreement on reconstructions {row['eval/agreement']:.3f}")
+            codes = f"  codes used since the last check {row['codes/used']}" if "codes/used" in row else ""
+            tqdm.write(f"step {step + 1}: loss {row['loss']:.4f}  detector agreement on reconstructions {row['eval/agreement']:.3f}{codes}")
         log.write(json.dumps(row) + "\n")
         log.flush()
     log.close()

@@ -26,6 +26,33 @@ def test_loss_ignores_the_prompt_and_weights_by_inverse_rate(tiny_model) -> None
     assert abs(sum(losses) / len(losses) - torch.log(torch.tensor(21.0)).item()) < 0.5
 
 
+def test_masked_mean_weighting_averages_over_masked_tokens_only(tiny_model, monkeypatch) -> None:
+    """Without the 1/t weights an untrained model's loss is log V at every mask rate, and the
+    value equals a hand-computed mean cross-entropy over the masked positions."""
+    prompt = torch.randint(4, 20, (64, 4))
+    attn = torch.ones_like(prompt, dtype=torch.bool)
+    target = torch.randint(4, 20, (64, 6))
+    for t_min in (1e-3, 0.9):
+        loss = masked_diffusion_loss(tiny_model, prompt, attn, target, make_generator(0, 1), t_min, weighting="masked_mean")
+        assert abs(loss.item() - torch.log(torch.tensor(21.0)).item()) < 0.3
+    seen = []
+    hidden = tiny_model.hidden
+    monkeypatch.setattr(tiny_model, "hidden", lambda tokens, attn=None: seen.append(tokens.clone()) or hidden(tokens, attn))
+    loss = masked_diffusion_loss(tiny_model, prompt, attn, target, make_generator(0, 2), 1e-3, weighting="masked_mean")
+    noisy = seen[-1][:, 4:]
+    masked = noisy == tiny_model.mask_token_id
+    with torch.no_grad():
+        logits = tiny_model.logits_from_hidden(hidden(seen[-1], torch.ones_like(seen[-1], dtype=torch.bool))[:, 4:][masked])
+    expected = torch.nn.functional.cross_entropy(logits.float(), target[masked])
+    assert torch.allclose(loss, expected, atol=1e-5)
+    try:
+        masked_diffusion_loss(tiny_model, prompt, attn, target, make_generator(0, 2), 1e-3, weighting="bogus")
+    except ValueError as err:
+        assert "weighting" in str(err)
+    else:
+        raise AssertionError("an unknown weighting must be an error")
+
+
 def test_prompt_dropout_masks_whole_prompts_and_keeps_padding(tiny_model, monkeypatch) -> None:
     """The dropped rows are exactly the unconditional input that classifier-free guidance uses."""
     seen = []

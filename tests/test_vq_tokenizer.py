@@ -55,14 +55,13 @@ SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-vq"
 def test_shipped_tokenizer_keeps_the_detector_verdicts() -> None:
     """Reconstructions of fresh renders get the same GenEval-style verdict as the originals.
 
-    The issue asked for 0.95. The global-encoder tokenizer reached 0.973 but its codes were not
-    local (see test_shipped_tokenizer_codes_are_local); the local one measures 0.853 here after
-    2,000 steps, mostly crowded scenes whose small objects come back rounded or merged."""
+    The issue asks for 0.95; the shipped tokenizer measures 0.993 here. Before dead-code restarts
+    it used 130 of its 512 codes and measured 0.853: crowded scenes came back rounded or merged."""
     from maskgrpo.vq_train import reconstruction_agreement
 
     vq = tokenizers.build({"type": "vq", "path": str(SHIPPED)})
     assert vq.codebook_size == 512 and vq.downsample == 4 and vq.local_encoder
-    assert reconstruction_agreement(vq, n=150, size=32, seed=777) >= 0.83
+    assert reconstruction_agreement(vq, n=150, size=32, seed=777) >= 0.95
 
 
 def test_positionwise_group_norm_uses_only_its_own_position() -> None:
@@ -104,3 +103,47 @@ def test_shipped_tokenizer_codes_are_local() -> None:
     alone = [ShapeObject("circle", "red", 8, 8, 7)]
     codes = vq.encode([render(alone), render(alone + [ShapeObject("square", "blue", 24, 24, 8)])]).view(2, 8, 8)
     assert torch.equal(codes[0, :3, :3], codes[1, :3, :3])  # the 12 x 12 px corner away from the square
+
+
+def test_dead_codes_move_onto_encoder_outputs() -> None:
+    from maskgrpo.vq_train import restart_dead_codes
+
+    quantizer = torch.nn.Module()
+    quantizer.embedding = torch.nn.Embedding(6, 3)
+    before = quantizer.embedding.weight.detach().clone()
+    latents = torch.randn(2, 3, 4, 4)
+    used = torch.tensor([True, False, True, True, False, True])
+    assert restart_dead_codes(quantizer, latents, used, torch.Generator().manual_seed(0)) == 2
+    after = quantizer.embedding.weight.detach()
+    assert torch.equal(after[used], before[used])
+    outputs = latents.permute(0, 2, 3, 1).reshape(-1, 3)
+    for row in after[~used]:
+        assert (outputs == row).all(dim=1).any()  # each dead code now sits on an encoder output
+    assert restart_dead_codes(quantizer, latents, torch.ones(6, dtype=torch.bool)) == 0
+
+
+def test_short_train_vq_run_restarts_codes_and_saves(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    from maskgrpo.cli import main
+
+    recipe = {
+        "kind": "vq",
+        "name": "tiny-vq",
+        "output_dir": str(tmp_path / "run"),
+        "tokenizer": {"type": "vq", "block_out_channels": [8, 16, 16], "latent_channels": 4, "num_vq_embeddings": 64, "norm_num_groups": 4},
+        "train": {"steps": 12, "batch_size": 8, "eval_every": 0, "eval_images": 8, "restart_dead_codes_every": 4},
+        "save_to": str(tmp_path / "saved"),
+    }
+    path = tmp_path / "vq.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train-vq", str(path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and "eval/agreement" in rows[-1]
+    checks = [r for r in rows if "codes/used" in r]
+    assert [r["step"] for r in checks] == [4, 8, 12]
+    assert checks[0]["codes/restarted"] == 64 - checks[0]["codes/used"] > 0
+    assert "codes/restarted" not in checks[-1]  # no restarts in the last tenth
+    assert tokenizers.build({"type": "vq", "path": str(tmp_path / "saved")}).codebook_size == 64
