@@ -48,6 +48,27 @@ def test_attention_mask_hides_padding(tiny_model) -> None:
     assert not torch.allclose(tiny_model(x)[0, 3:], tiny_model(y)[0, 3:], atol=1e-5)
 
 
+def test_right_aligned_positions_make_a_row_independent_of_its_batch(tmp_path: Path) -> None:
+    """Left padding to the batch's longest prompt must not move a completion's positions: with
+    `positions: right` a row's logits are the same alone or beside a longer prompt; with the old
+    `left` layout they are not. The choice survives save and load."""
+    torch.manual_seed(0)
+    row = torch.randint(4, 30, (1, 9))  # 3 prompt + 6 completion tokens
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), row], dim=1)  # beside a prompt 4 tokens longer
+    attn = torch.ones(1, 13, dtype=torch.bool)
+    attn[0, :4] = False
+    for positions, same in (("right", True), ("left", False)):
+        spec = {"type": "transformer", "vocab_size": 32, "mask_token_id": 1, "max_length": 16, "d_model": 16, "n_layers": 1, "n_heads": 2}
+        model = backbones.build({**spec, "positions": positions}, where="b").eval()
+        with torch.no_grad():
+            alone, beside = model(row)[0, 3:], model(padded, attn)[0, 7:]
+        assert torch.allclose(alone, beside, atol=1e-5) is same, positions
+        model.save_pretrained(tmp_path / positions)
+        assert backbones.build({"type": "transformer", "path": str(tmp_path / positions)}, where="b").config.positions == positions
+    with pytest.raises(MaskGRPOError, match="positions"):
+        backbones.build({"type": "transformer", "vocab_size": 32, "mask_token_id": 1, "positions": "middle"}, where="b")
+
+
 def test_new_transformer_takes_vocab_from_tokenizer(tokenizer) -> None:
     model = build_backbone({"type": "transformer", "d_model": 16, "n_layers": 1, "n_heads": 2}, tokenizer)
     assert model.vocab_size == tokenizer.vocab_size and model.mask_token_id == tokenizer.mask_token_id

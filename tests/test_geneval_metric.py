@@ -20,6 +20,7 @@ from maskgrpo.metrics.geneval import (
     evaluate_detections,
     evaluate_image,
     filter_detections,
+    judge_detections,
     relative_position,
 )
 from maskgrpo.registry import detectors, metrics
@@ -113,6 +114,34 @@ def test_include_count_color_position_exclude():
     assert evaluate_detections(BLANK, {"cup": [D("cup")] * 3}, {"tag": "two_object", "include": [{"class": "cup", "count": 2}]})[0]
 
 
+def test_fraction_met_counts_entries_and_is_one_only_when_correct():
+    two = {"tag": "color_attr", "include": [{"class": "cat", "count": 1, "color": "red"}, {"class": "dog", "count": 1, "color": "blue"}]}
+    cases = [
+        ({"cat": [D("cat", color="red")], "dog": [D("dog", color="blue")]}, True, 1.0),
+        ({"cat": [D("cat", color="red")], "dog": [D("dog", color="green")]}, False, 0.5),
+        ({"cat": [D("cat", color="red")]}, False, 0.5),
+        ({"dog": [D("dog", color="red")]}, False, 0.0),
+    ]
+    for dets, correct, fraction in cases:
+        assert judge_detections(BLANK, dets, two)[0::2] == (correct, fraction)
+    count = {"tag": "counting", "include": [{"class": "cup", "count": 2}], "exclude": [{"class": "cup", "count": 3}]}
+    assert judge_detections(BLANK, {"cup": [D("cup")] * 2}, count)[0::2] == (True, 1.0)
+    assert judge_detections(BLANK, {"cup": [D("cup")]}, count)[0::2] == (False, 0.5)  # too few: the exclude holds
+    assert judge_detections(BLANK, {"cup": [D("cup")] * 3}, count)[0::2] == (False, 0.5)  # too many: the include holds
+
+
+def test_partial_credit_reward_pays_one_right_object_of_two():
+    from maskgrpo.registry import rewards
+
+    md, objects = make_example("color_attr", 3, 64)
+    one_object = render(objects[:1], 64)
+    both = render(objects, 64)
+    exact = rewards.build({"type": "geneval", "detector": "shapes"}, where="r")
+    partial = rewards.build({"type": "geneval", "detector": "shapes", "partial_credit": True}, where="r")
+    assert exact(["p", "p"], [both, one_object], [md, md]) == [1.0, 0.0]
+    assert partial(["p", "p"], [both, one_object], [md, md]) == [1.0, 0.5]
+
+
 def test_counting_threshold_is_applied_in_evaluate_image():
     md = {"tag": "counting", "include": [{"class": "cup", "count": 2}], "exclude": [{"class": "cup", "count": 3}]}
     backend = FakeBackend([D("cup", 0.95), D("cup", 0.92), D("cup", 0.6)])
@@ -151,7 +180,7 @@ def test_metric_aggregates_per_tag():
     assert out["n"] == 8
     assert [r["correct"] for r in metric.records] == expected
     rec = metric.records[0]
-    assert set(rec) == {"tag", "prompt", "correct", "reason", "detections"}
+    assert set(rec) == {"tag", "prompt", "correct", "fraction_met", "reason", "detections"}
     json.dumps(metric.records)  # plain data
     assert all(set(d) >= {"label", "score", "box", "color"} for r in metric.records for d in r["detections"])
     metric.reset()

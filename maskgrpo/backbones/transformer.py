@@ -42,8 +42,11 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         n_heads: int = 4,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        positions: str = "right",
     ):
         super().__init__()
+        if positions not in ("left", "right"):
+            raise MaskGRPOError(f"backbone.positions: must be 'left' or 'right', got {positions!r}")
         self.embed = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Parameter(torch.zeros(1, max_length, d_model))
         self.blocks = nn.ModuleList(
@@ -77,7 +80,11 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         length = tokens.shape[1]
         if length > self.config.max_length:
             raise ValueError(f"sequence of {length} tokens exceeds max_length {self.config.max_length}")
-        x = self.embed(tokens) + self.pos[:, :length]
+        # "right": the last column gets the last position embedding, so with left-padded prompts a
+        # completion token's position does not depend on the longest prompt in its batch (with
+        # "left" a 4-prompt GRPO batch put image codes at other positions than SFT had)
+        start = self.config.max_length - length if self.config.positions == "right" else 0
+        x = self.embed(tokens) + self.pos[:, start : start + length]
         attn_mask = None
         if attention_mask is not None:  # True = may be attended to; [B, 1, 1, L] broadcasts over heads and queries
             attn_mask = attention_mask.bool()[:, None, None, :]
@@ -114,12 +121,16 @@ def build_transformer(
     n_heads: int = 4,
     mlp_ratio: float = 4.0,
     dropout: float = 0.0,
+    positions: str = "right",
 ) -> MaskedTransformer:
-    """In-house bidirectional transformer (timm blocks); `path` loads a saved one."""
+    """In-house bidirectional transformer (timm blocks); `path` loads a saved one.
+
+    `positions: right` aligns position embeddings to the end of the sequence (batch-invariant
+    with left padding); `left` is the older layout, kept for checkpoints trained with it."""
     if path is not None:
         if not (Path(path) / "config.json").is_file():
             raise MaskGRPOError(f"backbone.path: no saved model at {path} (config.json missing)")
         return MaskedTransformer.from_pretrained(path)
     if vocab_size is None or mask_token_id is None:
         raise MaskGRPOError("backbone: a new transformer needs vocab_size and mask_token_id (or a path)")
-    return MaskedTransformer(vocab_size, mask_token_id, max_length, d_model, n_layers, n_heads, mlp_ratio, dropout)
+    return MaskedTransformer(vocab_size, mask_token_id, max_length, d_model, n_layers, n_heads, mlp_ratio, dropout, positions)

@@ -113,7 +113,22 @@ def evaluate_detections(
     position_threshold: float = POSITION_THRESHOLD,
 ) -> tuple[bool, str]:
     """GenEval's judgement of one image from its filtered detections: (correct, reason)."""
+    correct, reason, _ = judge_detections(image, detected, metadata, color_fn, position_threshold)
+    return correct, reason
+
+
+def judge_detections(
+    image: Image.Image,
+    detected: dict[str, list[Detection]],
+    metadata: dict[str, Any],
+    color_fn: ColorFn = detector_colors,
+    position_threshold: float = POSITION_THRESHOLD,
+) -> tuple[bool, str, float]:
+    """(correct, reason, fraction of the row's include and exclude entries met). The fraction is
+    1.0 exactly when the image is correct; it is the `partial_credit` reward, which pays for one
+    right object of two where GenEval's verdict pays nothing."""
     correct = True
+    met = 0
     reasons: list[str] = []
     matched_groups: list[list[Detection] | None] = []
     exact = metadata.get("tag") == "counting"
@@ -153,13 +168,17 @@ def evaluate_detections(
                         if not matched:
                             break
         matched_groups.append(found if matched else None)
+        met += matched
     for req in metadata.get("exclude", []):
         cls, count = req["class"], int(req["count"])
         n = len(detected.get(cls, []))
         if n >= count:
             correct = False
             reasons.append(f"expected {cls}<{count}, found {n}")
-    return correct, "; ".join(reasons)
+        else:
+            met += 1
+    total = len(metadata.get("include", [])) + len(metadata.get("exclude", []))
+    return correct, "; ".join(reasons), (met / total if total else float(correct))
 
 
 def evaluate_image(
@@ -179,6 +198,25 @@ def evaluate_image(
     `color_classifier`: a callable (image, detections, classname) -> colour names, or an object
     with such a `classify` method; None uses the detector's own colours. `detections` skips
     running the backend (precomputed)."""
+    correct, reason, _, kept = judge_image(
+        image, metadata, backend, color_classifier, threshold, counting_threshold, max_objects, position_threshold, nms_iou, detections
+    )
+    return correct, reason, kept
+
+
+def judge_image(
+    image: Image.Image,
+    metadata: dict[str, Any],
+    backend: DetectorBackend,
+    color_classifier: ColorFn | Any | None = None,
+    threshold: float = THRESHOLD,
+    counting_threshold: float = COUNTING_THRESHOLD,
+    max_objects: int = MAX_OBJECTS,
+    position_threshold: float = POSITION_THRESHOLD,
+    nms_iou: float = 1.0,
+    detections: list[Detection] | None = None,
+) -> tuple[bool, str, float, list[Detection]]:
+    """`evaluate_image` plus the fraction of entries met (see `judge_detections`)."""
     dets = backend.detect(image) if detections is None else detections
     detected = filter_detections(dets, metadata.get("tag", ""), threshold, counting_threshold, max_objects, nms_iou)
     if color_classifier is None:
@@ -187,9 +225,9 @@ def evaluate_image(
         color_fn = color_classifier.classify
     else:
         color_fn = color_classifier
-    correct, reason = evaluate_detections(image, detected, metadata, color_fn, position_threshold)
+    correct, reason, fraction = judge_detections(image, detected, metadata, color_fn, position_threshold)
     kept = [d for group in detected.values() for d in group]
-    return correct, reason, kept
+    return correct, reason, fraction, kept
 
 
 # -- CLIP colour classifier ------------------------------------------------------------------------
@@ -308,12 +346,13 @@ class GenEvalMetric:
         all_dets = batch_detect(list(images)) if batch_detect else [self.backend.detect(im) for im in images]
         records = []
         for image, row, dets in zip(images, metadata, all_dets):
-            correct, reason, kept = evaluate_image(image, row, self.backend, self._colors, detections=dets, **self.rules)
+            correct, reason, fraction, kept = judge_image(image, row, self.backend, self._colors, detections=dets, **self.rules)
             records.append(
                 {
                     "tag": row.get("tag", ""),
                     "prompt": row.get("prompt", ""),
                     "correct": bool(correct),
+                    "fraction_met": fraction,
                     "reason": reason,
                     "detections": [d.to_dict() for d in kept],
                 }
