@@ -286,6 +286,9 @@ class GRPOTrainer:
             rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.exists() else []
             rows = [x for x in rows if x["step"] <= self.step]
             print(f"resuming {r.name} from step {self.step}")
+        else:
+            for stale in (self.out / "samples").glob("step*.png"):
+                stale.unlink()  # a fresh run's sample grids must not sit beside an older run's
         if not self.eval_history:
             accuracy = self.evaluate()
             self.eval_history.append({"step": 0, self.eval_key: accuracy})

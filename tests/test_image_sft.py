@@ -120,6 +120,8 @@ def test_two_step_image_grpo_changes_parameters(tiny_vq: Path, tmp_path: Path) -
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(recipe))
     trainer = GRPOTrainer(load_recipe(path), progress=False)
+    (tmp_path / "run/samples").mkdir(parents=True)
+    (tmp_path / "run/samples/step00300.png").write_bytes(b"an older run's grid")
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
     # a reward with variance inside a group: the first image of each group is "right"
     trainer.rewards.terms[0].fn = lambda prompts, completions, **kw: [float(i % 4 == 0) for i in range(len(completions))]

@@ -14,7 +14,7 @@ from maskgrpo.recipe import load_recipe
 from maskgrpo.rewards.combine import RewardError
 from maskgrpo.trainer import GRPOTrainer
 
-from .conftest import tiny_grpo_recipe
+from .conftest import tiny_grpo_recipe, vary_rewards
 
 SEVEN_PLUGIN = """
 from maskgrpo.registry import rewards
@@ -52,11 +52,12 @@ def test_two_steps_change_parameters_and_log_finite_metrics(tmp_path: Path) -> N
     recipe = load_recipe(tiny_grpo_recipe(tmp_path))
     trainer = GRPOTrainer(recipe, progress=False)
     before = params(trainer)
+    vary_rewards(trainer)
     trainer.train()
     after = params(trainer)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["frac_zero_std"] == 0.0 for r in rows)
     required = ["reward/mean", "reward/math_accuracy/mean", "reward/format/mean", "loss", "kl", "clip_ratio", "frac_zero_std", "lr", "seconds"]
     for r in rows:
         for key in required:
@@ -185,6 +186,7 @@ def test_lora_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_path: P
     path = tiny_grpo_recipe(tmp_path, lora={"r": 4, "alpha": 8, "target_modules": ["qkv", "fc1"]}, grpo={"group_size": 4, "num_iterations": 2, "beta": 0.1})
     trainer = GRPOTrainer(load_recipe(path), progress=False)
     assert trainer.reference is None
+    vary_rewards(trainer)
     before = params(trainer)
     for step in range(3):
         trainer.train_step(step)
@@ -216,6 +218,7 @@ def test_reference_sync_copies_the_policy(tmp_path: Path) -> None:
     path = tiny_grpo_recipe(tmp_path, grpo={"group_size": 4, "num_iterations": 2, "beta": 0.1, "ref_sync_steps": 2})
     trainer = GRPOTrainer(load_recipe(path), progress=False)
     initial = {k: v.clone() for k, v in trainer.reference.state_dict().items()}
+    vary_rewards(trainer)
     trainer.train()
     synced = trainer.reference.state_dict()
     assert all(torch.equal(synced[k], v) for k, v in trainer.policy.state_dict().items())

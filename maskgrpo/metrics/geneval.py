@@ -105,15 +105,10 @@ def detector_colors(image: Image.Image, dets: list[Detection], classname: str) -
     return [str(d.color) for d in dets]
 
 
-def evaluate_detections(
-    image: Image.Image,
-    detected: dict[str, list[Detection]],
-    metadata: dict[str, Any],
-    color_fn: ColorFn = detector_colors,
-    position_threshold: float = POSITION_THRESHOLD,
-) -> tuple[bool, str]:
-    """GenEval's judgement of one image from its filtered detections: (correct, reason)."""
-    correct, reason, _ = judge_detections(image, detected, metadata, color_fn, position_threshold)
+def evaluate_detections(image: Image.Image, detected: dict[str, list[Detection]], metadata: dict[str, Any], *args: Any, **kwargs: Any) -> tuple[bool, str]:
+    """GenEval's judgement of one image from its filtered detections: (correct, reason). Takes
+    `judge_detections`'s arguments (`color_fn`, `position_threshold`)."""
+    correct, reason, _ = judge_detections(image, detected, metadata, *args, **kwargs)
     return correct, reason
 
 
@@ -182,25 +177,11 @@ def judge_detections(
 
 
 def evaluate_image(
-    image: Image.Image,
-    metadata: dict[str, Any],
-    backend: DetectorBackend,
-    color_classifier: ColorFn | Any | None = None,
-    threshold: float = THRESHOLD,
-    counting_threshold: float = COUNTING_THRESHOLD,
-    max_objects: int = MAX_OBJECTS,
-    position_threshold: float = POSITION_THRESHOLD,
-    nms_iou: float = 1.0,
-    detections: list[Detection] | None = None,
+    image: Image.Image, metadata: dict[str, Any], backend: DetectorBackend, color_classifier: ColorFn | Any | None = None, **rules: Any
 ) -> tuple[bool, str, list[Detection]]:
-    """Judge one image against one metadata row: (correct, reason, kept detections).
-
-    `color_classifier`: a callable (image, detections, classname) -> colour names, or an object
-    with such a `classify` method; None uses the detector's own colours. `detections` skips
-    running the backend (precomputed)."""
-    correct, reason, _, kept = judge_image(
-        image, metadata, backend, color_classifier, threshold, counting_threshold, max_objects, position_threshold, nms_iou, detections
-    )
+    """Judge one image against one metadata row: (correct, reason, kept detections). `rules`
+    are `judge_image`'s keyword arguments (thresholds, precomputed `detections`)."""
+    correct, reason, _, kept = judge_image(image, metadata, backend, color_classifier, **rules)
     return correct, reason, kept
 
 
@@ -216,7 +197,11 @@ def judge_image(
     nms_iou: float = 1.0,
     detections: list[Detection] | None = None,
 ) -> tuple[bool, str, float, list[Detection]]:
-    """`evaluate_image` plus the fraction of entries met (see `judge_detections`)."""
+    """(correct, reason, fraction of entries met, kept detections) for one image and one row.
+
+    `color_classifier`: a callable (image, detections, classname) -> colour names, or an object
+    with such a `classify` method; None uses the detector's own colours. `detections` skips
+    running the backend (precomputed)."""
     dets = backend.detect(image) if detections is None else detections
     detected = filter_detections(dets, metadata.get("tag", ""), threshold, counting_threshold, max_objects, nms_iou)
     if color_classifier is None:
