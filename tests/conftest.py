@@ -32,10 +32,11 @@ def tiny_model(tokenizer: CharTokenizer) -> MaskedTransformer:
     return MaskedTransformer(tokenizer.vocab_size, tokenizer.mask_token_id, max_length=32, d_model=32, n_layers=1, n_heads=2).eval()
 
 
-def vary_rewards(trainer) -> None:
+def vary_rewards(trainer, term: int = 1) -> None:
     """An untrained model may earn equal rewards across a whole group (zero advantages, no
-    update); tests that need an update replace the format term by one that always varies."""
-    trainer.rewards.terms[1].fn = lambda prompts, completions, **kw: [float(i % 4 == 0) for i in range(len(completions))]
+    update); tests that need an update replace one reward term (by default the tiny recipe's
+    format term) by one that always varies inside a group of 4: the first image is "right"."""
+    trainer.rewards.terms[term].fn = lambda prompts, completions, **kw: [float(i % 4 == 0) for i in range(len(completions))]
 
 
 def tiny_grpo_recipe(tmp_path: Path, **sections) -> Path:

@@ -17,7 +17,7 @@ from maskgrpo.registry import tasks
 from maskgrpo.tasks.shapes import TAGS
 from maskgrpo.trainer import GRPOTrainer
 
-from .conftest import REPO
+from .conftest import REPO, vary_rewards
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,7 @@ def test_two_step_image_grpo_changes_parameters(tiny_vq: Path, tmp_path: Path) -
     (tmp_path / "run/samples").mkdir(parents=True)
     (tmp_path / "run/samples/step00300.png").write_bytes(b"an older run's grid")
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    # a reward with variance inside a group: the first image of each group is "right"
-    trainer.rewards.terms[0].fn = lambda prompts, completions, **kw: [float(i % 4 == 0) for i in range(len(completions))]
+    vary_rewards(trainer, term=0)
     trainer.train()
     after = trainer.policy.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
