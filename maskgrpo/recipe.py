@@ -46,6 +46,7 @@ class GRPOConfig(_Strict):
     advantage_std: Literal["group", "batch", "none"] = "group"
     loss_agg: Literal["token", "seq"] = "token"
     ref_sync_steps: int | None = Field(None, ge=1, description="copy the policy into the reference every K steps")
+    disable_dropout: bool = Field(True, description="zero every dropout in the policy (LoRA's too), as TRL's GRPO does: ratio 1 at mu = 1")
 
 
 class OptimConfig(_Strict):

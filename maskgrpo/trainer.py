@@ -57,6 +57,18 @@ def apply_lora(backbone: Any, lora: Any) -> Any:
     return backbone
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Zero every dropout (LoRA's included), as TRL's GRPO does by default: old, reference and
+    current log-probs then come from one deterministic function, so the ratio is 1 at mu = 1.
+    Returns how many dropout modules there were."""
+    found = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+            found += 1
+    return found
+
+
 class GRPOTrainer:
     def __init__(self, recipe: Recipe, progress: bool = True):
         if recipe.kind != "grpo":
@@ -76,6 +88,8 @@ class GRPOTrainer:
         self.mask_id = self.policy.mask_token_id
         if recipe.lora is not None:
             apply_lora(self.policy, recipe.lora)
+        if self.cfg.disable_dropout:
+            disable_dropout(self.policy)
         # The reference is the frozen initial policy: with LoRA the same model with its adapter off.
         self.reference = None
         if self.cfg.ref_sync_steps and (recipe.lora is not None or self.cfg.beta == 0):
@@ -153,21 +167,30 @@ class GRPOTrainer:
 
         # 3. The mu masked views, with old/reference log-probs on exactly those inputs.
         batch_seed = int(make_generator(self.recipe.seed, step).initial_seed())
-        views = [self.estimator.masked_view(rollout, j, cfg.num_iterations, batch_seed, self.mask_id) for j in range(cfg.num_iterations)]
+        eos = self.tokenizer.eos_token_id
+        views = [self.estimator.masked_view(rollout, j, cfg.num_iterations, batch_seed, self.mask_id, eos) for j in range(cfg.num_iterations)]
+        # Old, reference and current log-probs in one mode (train; dropout is off unless the
+        # recipe keeps it), so the importance ratio is exactly 1 before the first update.
+        self.policy.train()
         with torch.no_grad():
-            old = [self._logprobs(self.policy, v, rollout.tokens) for v in views]
-            ref = [self._ref_logprobs(v, rollout.tokens) for v in views] if cfg.beta > 0 else [None] * len(views)
+            old = [self._logprobs(self.policy, v, v.of_rollout(rollout.tokens)) for v in views]
+            ref = [self._ref_logprobs(v, v.of_rollout(rollout.tokens)) for v in views] if cfg.beta > 0 else [None] * len(views)
 
         # 4. mu inner updates, each over all micro-batches (every rate used exactly once).
-        self.policy.train()
-        stats = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
+        # ratio/first_max_dev: max |rho - 1| in the first inner iteration, 0 unless old and current
+        # log-probs disagree before any update (dropout, a mode switch); ratio/max_dev: all of them
+        stats = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "ratio/max_dev": 0.0}
+        sequences = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device)
         skipped_updates = 0
         for j, view in enumerate(views):
-            loss_j, kl_j, clip_j, ok = self._inner_update(view, rollout.tokens, old[j], ref[j], advantages)
-            skipped_updates += not ok
-            stats["loss"] += loss_j / len(views)
-            stats["kl"] += kl_j / len(views)
-            stats["clip_ratio"] += clip_j / len(views)
+            targets, sequence = view.of_rollout(rollout.tokens), view.of_rollout(sequences)
+            update = self._inner_update(view, targets, old[j], ref[j], view.of_rollout(advantages), len(sequences), sequence)
+            skipped_updates += not update["ok"]
+            for key in ("loss", "kl", "clip_ratio"):
+                stats[key] += update[key] / len(views)
+            stats["ratio/max_dev"] = max(stats["ratio/max_dev"], update["ratio_max_dev"])
+            if j == 0:
+                stats["ratio/first_max_dev"] = update["ratio_max_dev"]
         row.update(stats)
         row["lr"] = self.sched.get_last_lr()[0]
         if skipped_updates:
@@ -195,15 +218,26 @@ class GRPOTrainer:
             self.policy.enable_adapters()
 
     def _inner_update(
-        self, view: MaskedView, targets: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, advantages: torch.Tensor
-    ) -> tuple[float, float, float, bool]:
+        self,
+        view: MaskedView,
+        targets: torch.Tensor,
+        old: torch.Tensor,
+        ref: torch.Tensor | None,
+        advantages: torch.Tensor,
+        n_sequences: int,
+        sequence: torch.Tensor,
+    ) -> dict[str, Any]:
+        """One optimiser step over every micro-batch of `view`. `sequence[i]` is the rollout row
+        of view row i: a stacked view (trace) holds several rows per sequence, and seq-mean
+        averages over the sequence, not the view row."""
         cfg, o = self.cfg, self.recipe.optim
         tokens_per_row = view.loss_mask.sum(dim=1)
         offsets = torch.cat([tokens_per_row.new_zeros(1), tokens_per_row.cumsum(0)])
+        tokens_per_sequence = torch.zeros(n_sequences, dtype=tokens_per_row.dtype, device=tokens_per_row.device).index_add_(0, sequence, tokens_per_row)
         total_tokens, total_rows = int(offsets[-1]), targets.shape[0]
         chunk = math.ceil(total_rows / o.grad_accum)
         self.opt.zero_grad(set_to_none=True)
-        loss_sum = kl_sum = clipped = 0.0
+        loss_sum = kl_sum = clipped = dev = 0.0
         for lo in range(0, total_rows, chunk):
             rows = slice(lo, min(lo + chunk, total_rows))
             span = slice(int(offsets[rows.start]), int(offsets[rows.stop]))
@@ -214,20 +248,23 @@ class GRPOTrainer:
             tl = grpo_token_loss(
                 logp, old[span], advantages[row_of_token], cfg.epsilon_low, cfg.epsilon_high, cfg.beta, None if ref is None else ref[span]
             )
-            loss = aggregate(tl.loss, row_of_token, cfg.loss_agg, total_tokens, total_rows, tokens_per_row)
+            loss = aggregate(tl.loss, sequence[row_of_token], cfg.loss_agg, total_tokens, n_sequences, tokens_per_sequence)
             if not torch.isfinite(loss):
                 tqdm.write(f"step {self.step + 1}: non-finite loss; inner update skipped")
                 self.opt.zero_grad(set_to_none=True)
-                return float("nan"), float("nan"), float("nan"), False
+                nan = float("nan")
+                return {"loss": nan, "kl": nan, "clip_ratio": nan, "ratio_max_dev": nan, "ok": False}
             loss.backward()
             loss_sum += loss.item()
             kl_sum += tl.kl.sum().item()
             clipped += tl.clipped.sum().item()
+            dev = max(dev, (torch.exp(logp.detach() - old[span]) - 1).abs().max().item())
         if o.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], o.max_grad_norm)
         self.opt.step()
         self.sched.step()
-        return loss_sum, kl_sum / max(total_tokens, 1), clipped / max(total_tokens, 1), True
+        n = max(total_tokens, 1)
+        return {"loss": loss_sum, "kl": kl_sum / n, "clip_ratio": clipped / n, "ratio_max_dev": dev, "ok": True}
 
     # -- evaluation, checkpoints, the loop --------------------------------------------------------
     def evaluate(self) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskgrpo.estimators.masking import fading_out_keep_probability, truncated_rate
+from maskgrpo.errors import MaskGRPOError
+from maskgrpo.estimators.masking import fading_out_keep_probability, fading_out_mean_mask_rate, truncated_rate
 from maskgrpo.registry import estimators
 from maskgrpo.samplers.base import Rollout
 
@@ -85,11 +86,22 @@ def test_unigrpo_rates_rise_linearly_from_a_per_sequence_start() -> None:
     assert torch.corrcoef(torch.stack([per_seq, rates[0].squeeze(1)]))[0, 1] > 0.8
 
 
+EOS = 2
+
+
+def with_eos(r: Rollout, first_eos: list[int]) -> Rollout:
+    """Row i's completion ends at position first_eos[i] (EOS there and after, LLaDA-style)."""
+    tokens = r.tokens.clone()
+    for i, at in enumerate(first_eos):
+        tokens[i, P + at :] = EOS
+    return Rollout(tokens, P, r.decode_step, r.attention_mask)
+
+
 def test_d1_masks_all_of_the_completion_and_some_prompt() -> None:
-    est = estimators.build({"type": "d1", "p_mask_prompt": 0.15})
+    est = estimators.build({"type": "d1", "p_mask_prompt": 0.15, "stop_at_eos": False})
     r = rollout()
-    a = est.masked_view(r, 0, 2, batch_seed=1, mask_token_id=MASK)
-    b = est.masked_view(r, 1, 2, batch_seed=1, mask_token_id=MASK)
+    a = est.masked_view(r, 0, 2, batch_seed=1, mask_token_id=MASK, eos_token_id=EOS)
+    b = est.masked_view(r, 1, 2, batch_seed=1, mask_token_id=MASK, eos_token_id=EOS)
     assert (a.tokens[:, P:] == MASK).all() and a.loss_mask[:, P:].all()
     real_prompt = a.tokens[:, 1:P]
     assert abs((real_prompt == MASK).float().mean().item() - 0.15) < 0.01
@@ -97,18 +109,92 @@ def test_d1_masks_all_of_the_completion_and_some_prompt() -> None:
     assert not torch.equal(a.tokens[:, :P], b.tokens[:, :P])  # a new prompt mask per iteration
 
 
-def test_trace_replays_the_decode_order() -> None:
+def test_d1_loss_stops_at_the_first_eos_like_d1() -> None:
+    """d1's completion_mask: positions <= the first EOS; rows without EOS are scored whole."""
+    r = with_eos(rollout(3, padded=False), [5, 0, L])
+    view = estimators.build("d1").masked_view(r, 0, 2, batch_seed=1, mask_token_id=MASK, eos_token_id=EOS)
+    scored = view.loss_mask[:, P:]
+    assert scored[0].tolist() == [True] * 6 + [False] * (L - 6)
+    assert scored[1].tolist() == [True] + [False] * (L - 1)
+    assert scored[2].all()
+    assert (view.tokens[:, P:] == MASK).all()  # the input still hides the whole completion
+    with pytest.raises(MaskGRPOError, match="stop_at_eos"):
+        estimators.build("d1").masked_view(r, 0, 2, batch_seed=1, mask_token_id=MASK)
+
+
+@pytest.mark.parametrize("name", ["fading_out", "random", "unigrpo", "trace"])
+def test_maskgrpo_estimators_score_eos_padding_unless_asked(name: str) -> None:
+    """The paper's own estimators score every masked position, EOS padding included (the
+    default); `stop_at_eos: true` holds them to d1's rule for an ablation."""
+    r = with_eos(rollout(64, padded=False), [3] * 64)
+    default = estimators.build(name).masked_view(r, 1, 2, batch_seed=4, mask_token_id=MASK, eos_token_id=EOS)
+    assert default.loss_mask[:, P + 4 :].any()
+    held = estimators.build({"type": name, "stop_at_eos": True}).masked_view(r, 1, 2, batch_seed=4, mask_token_id=MASK, eos_token_id=EOS)
+    assert not held.loss_mask[:, P + 4 :].any() and held.loss_mask[:, P : P + 4].any()
+
+
+@pytest.mark.parametrize("min_mask_rate", [0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95])
+def test_fading_out_real_mean_rate_over_the_range_of_gamma(min_mask_rate: float) -> None:
+    """The mean rate is r for r >= 0.5 and about 1/(4(1-r)) below (the clamp keeps the early
+    positions whole); the sampled masks follow the documented mean at every j."""
+    length, mu = 200, 4
+    est = estimators.build({"type": "fading_out", "min_mask_rate": min_mask_rate})
+    big = Rollout(torch.full((400, P + length), 5), P, torch.zeros(400, length, dtype=torch.long))
+    for j in range(mu):
+        r = truncated_rate(j, mu, min_mask_rate)
+        documented = fading_out_mean_mask_rate(length, r)
+        expected = r if r >= 0.5 else 1 / (4 * (1 - r))
+        assert abs(documented - expected) < 2 / length, (r, documented, expected)
+        if r < 0.5:  # positions with d_n >= 1 / (2 (1 - r)) are never masked
+            never = (fading_out_keep_probability(length, r) >= 1).float().mean().item()
+            assert abs(never - (1 - 1 / (2 * (1 - r)))) < 2 / length
+        view = est.masked_view(big, j, mu, batch_seed=3, mask_token_id=MASK)
+        assert abs(view.loss_mask[:, P:].float().mean().item() - documented) < 0.01
+
+
+def test_trace_replays_the_decode_order_scoring_every_group_each_iteration() -> None:
+    """TraceRL's schedule: each iteration holds one masked input per step group (stacked)."""
     steps = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]])
     r = rollout(1, decode_step=steps, padded=False)
     est = estimators.build("trace")
-    scored = torch.zeros(L, dtype=torch.long)
     for j in range(4):  # default shrink: 8 steps in 4 groups of 2
         view = est.masked_view(r, j, 4, batch_seed=0, mask_token_id=MASK)
-        hidden = view.tokens[0, P:] == MASK
-        assert torch.equal(hidden, steps[0] >= 2 * j)
-        assert torch.equal(view.loss_mask[0, P:], (steps[0] // 2) == j)
-        scored += view.loss_mask[0, P:].long()
-    assert (scored == 1).all()  # every token scored exactly once over the iterations
+        assert view.rows.tolist() == [0, 0, 0, 0]
+        for g in range(4):
+            assert torch.equal(view.tokens[g, P:] == MASK, steps[0] >= 2 * g)
+            assert torch.equal(view.loss_mask[g, P:], (steps[0] // 2) == g)
+        assert (view.loss_mask[:, P:].sum(dim=0) == 1).all()  # every token scored once per pass
+
+
+def trace_rollout(batch: int, steps: int) -> Rollout:
+    """Each row commits its L tokens over `steps` steps in its own random order."""
+    g = torch.Generator().manual_seed(1)
+    order = torch.argsort(torch.rand(batch, L, generator=g), dim=1)
+    decode = (order * steps) // L
+    return rollout(batch, decode_step=decode, padded=False)
+
+
+@pytest.mark.parametrize("schedule", ["all", "cycle"])
+@pytest.mark.parametrize("shrink,mu", [(1, 4), (2, 4), (3, 2), (5, 4), (16, 4), (None, 3), (1, 16)])
+def test_trace_scores_every_completion_token_for_any_shrink(schedule: str, shrink: int | None, mu: int) -> None:
+    """The union of the loss masks over the mu iterations covers the whole trajectory (16 decode
+    steps), whatever `shrink` is: with 16 steps, shrink 2 and mu 4 the old code never scored the
+    tokens committed at steps 8-15."""
+    r = trace_rollout(8, steps=16)
+    est = estimators.build({"type": "trace", "shrink": shrink, "schedule": schedule})
+    covered = torch.zeros(8, L, dtype=torch.long)
+    for j in range(mu):
+        view = est.masked_view(r, j, mu, batch_seed=0, mask_token_id=MASK)
+        rows = view.rows if view.rows is not None else torch.arange(8)
+        covered.index_add_(0, rows, view.loss_mask[:, P:].long())
+        groups, scored = est.step_groups(r, mu)[rows], view.loss_mask[:, P:]
+        g = torch.where(scored, groups, -1).amax(dim=1, keepdim=True)  # the group each input scores
+        assert torch.equal(scored, groups == g)
+        assert torch.equal(view.tokens[:, P:] == MASK, groups >= g)  # hides that group and all later
+    assert (covered >= 1).all()
+    n_groups = -(-16 // (shrink or -(-16 // mu)))
+    if schedule == "cycle" and n_groups >= mu:
+        assert (covered == 1).all()  # a partition when the groups fit the iterations
 
 
 def test_elbo_is_stratified_and_weighted_by_inverse_rate() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_two_steps_change_parameters_and_log_finite_metrics(tmp_path: Path) -> N
     required = ["reward/mean", "reward/math_accuracy/mean", "reward/format/mean", "loss", "kl", "clip_ratio", "frac_zero_std", "lr", "seconds"]
     for r in rows:
         for key in required:
-            assert isinstance(r[key], float) and r[key] == r[key] and abs(r[key]) != float("inf"), key
+            assert isinstance(r[key], float) and math.isfinite(r[key]), key
     assert "eval/accuracy" in rows[-1]
     run = tmp_path / "run"
     for name in ["recipe.yaml", "report.md", "curves.png", "model/config.json", "model/char_tokenizer.json", "checkpoint/trainer_state.pt"]:
@@ -128,15 +129,27 @@ def test_old_reference_and_current_policies_see_identical_inputs(tmp_path: Path)
     assert not torch.equal(policy_inputs[0], policy_inputs[1])  # a new mask per iteration
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
-    results = []
-    for accum in (1, 2):
-        recipe = load_recipe(tiny_grpo_recipe(tmp_path / str(accum), optim={"lr": 1e-3, "grad_accum": accum}))
+@pytest.mark.parametrize("loss_agg", ["token", "seq"])
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path, loss_agg: str) -> None:
+    """16 rollouts in 1, 2 or 3 micro-batches (6 + 6 + 4 rows): the same gradient in a step
+    that really moves the parameters. (Gradients, not parameters, are compared: Adam's first
+    step is lr * sign(g), which turns float noise in near-zero gradients into lr-sized moves.)"""
+    grads = []
+    for accum in (1, 2, 3):
+        recipe = load_recipe(
+            tiny_grpo_recipe(tmp_path / str(accum), optim={"lr": 1e-3, "grad_accum": accum}, grpo={"group_size": 4, "num_iterations": 1, "loss_agg": loss_agg})
+        )
         trainer = GRPOTrainer(recipe, progress=False)
-        trainer.train_step(0)
-        results.append(params(trainer))
-    for k in results[0]:
-        assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+        vary_rewards(trainer)
+        initial = params(trainer)
+        row = trainer.train_step(0)
+        assert row["frac_zero_std"] < 1
+        assert any(not torch.equal(initial[k], v) for k, v in params(trainer).items())
+        grads.append({n: p.grad.clone() for n, p in trainer.policy.named_parameters()})
+    for other in grads[1:]:
+        for k in grads[0]:
+            assert torch.allclose(grads[0][k], other[k], rtol=1e-4, atol=1e-8), k
+    assert any(g.abs().max() > 1e-4 for g in grads[0].values())
 
 
 def test_reward_that_raises_names_reward_and_sample(tmp_path: Path) -> None:
@@ -172,14 +185,52 @@ def test_elbo_is_refused_for_training(tmp_path: Path) -> None:
         GRPOTrainer(load_recipe(tiny_grpo_recipe(tmp_path, estimator="elbo")), progress=False)
 
 
-@pytest.mark.parametrize("estimator", ["d1", "unigrpo", "random", "trace"])
-def test_every_training_estimator_runs_a_step(tmp_path: Path, estimator: str) -> None:
+@pytest.mark.parametrize(
+    "estimator", ["d1", "unigrpo", "random", "trace", {"type": "trace", "shrink": 1, "schedule": "cycle"}, {"type": "d1", "stop_at_eos": False}]
+)
+def test_every_training_estimator_runs_a_step(tmp_path: Path, estimator) -> None:
     trainer = GRPOTrainer(load_recipe(tiny_grpo_recipe(tmp_path, estimator=estimator)), progress=False)
+    vary_rewards(trainer)
     before = params(trainer)
     row = trainer.train_step(0)
-    assert row["loss"] == row["loss"]
-    changed = any(not torch.equal(before[k], v) for k, v in params(trainer).items())
-    assert changed or row["frac_zero_std"] == 1.0
+    assert row["frac_zero_std"] < 1
+    assert math.isfinite(row["loss"]) and math.isfinite(row["clip_ratio"])
+    assert row["ratio/first_max_dev"] < 1e-5  # the first inner iteration starts at ratio 1 ...
+    assert any(not torch.equal(before[k], v) for k, v in params(trainer).items())  # ... and moves
+
+
+def test_trace_trains_on_every_step_group(tmp_path: Path) -> None:
+    """With shrink 1 and 4 decode steps there are 4 step groups: every inner iteration's loss
+    covers all of them (TraceRL), so the policy sees 4 masked inputs per rollout row."""
+    recipe = load_recipe(tiny_grpo_recipe(tmp_path, estimator={"type": "trace", "shrink": 1}))
+    trainer = GRPOTrainer(recipe, progress=False)
+    vary_rewards(trainer)
+    rows_seen: list[int] = []
+    original = trainer.policy.hidden
+
+    def spy(tokens, attention_mask=None):
+        rows_seen.append(tokens.shape[0])
+        return original(tokens, attention_mask)
+
+    trainer.policy.hidden = spy
+    trainer.train_step(0)
+    # 4 rollout steps on 16 rows, then 2 "old" and 2 training passes over 4 groups x 16 rows
+    assert rows_seen[-4:] == [64, 64, 64, 64]
+
+
+def test_lora_dropout_is_off_so_the_ratio_is_exactly_one(tmp_path: Path) -> None:
+    """LoRA with dropout 0.3 in the recipe, mu = 1, several steps after the adapter has moved:
+    old and current log-probs agree exactly and nothing is clipped (dropout is disabled, as in
+    TRL's GRPO). With `disable_dropout: false` the ratio moves away from 1."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.3, "target_modules": ["qkv", "fc1"]}
+    path = tiny_grpo_recipe(tmp_path, lora=lora, grpo={"group_size": 4, "num_iterations": 1}, optim={"lr": 1e-2})
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    vary_rewards(trainer)
+    rows = [trainer.train_step(s) for s in range(4)]
+    assert all(r["ratio/first_max_dev"] == 0.0 and r["ratio/max_dev"] == 0.0 and r["clip_ratio"] == 0.0 for r in rows), rows
+    noisy = GRPOTrainer(load_recipe(path, ["grpo.disable_dropout=false"]), progress=False)
+    vary_rewards(noisy)
+    assert max(noisy.train_step(s)["ratio/first_max_dev"] for s in range(4)) > 0.01
 
 
 def test_lora_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_path: Path) -> None:
