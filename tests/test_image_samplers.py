@@ -84,3 +84,49 @@ def test_never_re_masks(model, kind: str) -> None:
         x = x[:4]
         committed = x != 1
         assert torch.equal(x[committed], out.tokens[committed])
+
+
+def test_maskgit_noise_follows_mmada_t2i_generate() -> None:
+    """MMaDA's t2i_generate multiplies the temperature by (1 - (s+1)/T) at every step before use
+    (a running product from tau_0 = 1); Google's MaskGIT uses 4.5 (1 - (s+1)/T). Hand-computed
+    for T = 12."""
+    mmada = build("maskgit", steps=12)
+    expected = [11 / 12, 11 * 10 / 144, 11 * 10 * 9 / 12**3, 11 * 10 * 9 * 8 / 12**4, 11 * 10 * 9 * 8 * 7 / 12**5]
+    assert mmada.schedule == "mmada" and mmada.choice_temperature == 1.0
+    for s, tau in enumerate(expected):
+        assert abs(mmada.noise_level(s) - tau) < 1e-12, s
+    assert abs(mmada.noise_level(5) - 0.111400) < 1e-6 and mmada.noise_level(11) == 0.0
+    google = build("maskgit", steps=12, schedule="google")
+    assert [round(google.noise_level(s), 6) for s in (0, 5, 11)] == [4.125, 2.25, 0.0]
+    assert build("maskgit", steps=12, choice_temperature=2.0).noise_level(1) == 2.0 * 11 * 10 / 144
+
+
+def test_maskgit_keeps_at_least_one_masked_before_the_last_step_like_mmada() -> None:
+    """mask_len = max(1, min(unknown - 1, floor(N k((s+1)/T)))): with 3 steps over 4 codes the
+    schedule asks for floor(4 k(2/3)) = 2 then 0 masked; MMaDA keeps one for the last step."""
+    sampler = samplers.build({"type": "maskgit", "image_tokens": 4, "codebook_size": CODEBOOK, "codebook_offset": TEXT_VOCAB, "steps": 3})
+    masked = torch.tensor([4, 2, 1])
+    assert sampler.keep_masked(0, masked).tolist() == [3, 1, 1]  # floor(4 k(1/3)) = 3
+    assert sampler.keep_masked(1, torch.tensor([3])).tolist() == [2]
+    assert sampler.keep_masked(1, torch.tensor([2])).tolist() == [1]
+    assert sampler.keep_masked(2, masked).tolist() == [0, 0, 0]
+
+
+def test_maskgit_without_noise_commits_the_most_confident(model) -> None:
+    """At tau = 0 the step-0 commits are exactly the masked positions whose sampled code is the
+    most probable: the Gumbel term is the only randomness in the choice."""
+    sampler = build("maskgit", choice_temperature=0.0)
+    seen = []
+    original = sampler._choose
+
+    def spy(s, masked, log_probs, codes, generator):
+        chosen = original(s, masked, log_probs, codes, generator)
+        seen.append((log_probs.gather(-1, codes.unsqueeze(-1)).squeeze(-1), chosen))
+        return chosen
+
+    sampler._choose = spy
+    sampler.sample(model, prompt(6), torch.Generator().manual_seed(0))
+    confidence, chosen = seen[0]
+    for row in range(6):
+        k = int(chosen[row].sum())
+        assert k > 0 and set(confidence[row].topk(k).indices.tolist()) == set(chosen[row].nonzero().squeeze(1).tolist())

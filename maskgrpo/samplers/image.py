@@ -12,13 +12,14 @@ rollouts are more diverse. Neither ever re-masks a committed token.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
-from .base import Rollout, all_mask_start, guided_logits, sample_tokens, uniform
+from .base import Rollout, all_mask_start, guided_logits, sample_tokens, top_k_per_row, uniform
 
 
 def cosine_masked_fraction(t: float) -> float:
@@ -81,7 +82,19 @@ class _ImageSampler:
 
 @samplers.register("maskgit")
 class MaskGITSampler(_ImageSampler):
-    """MaskGIT: sample every masked code, keep the most confident so that N k((s+1)/T) stay masked."""
+    """MaskGIT: sample every masked code, keep the most confident so that N k((s+1)/T) stay masked.
+
+    Confidence is log p(sample) + tau_s * Gumbel on masked positions; committed positions are
+    never re-masked. Two noise schedules, named apart:
+    - `mmada` (default; the paper's baseline, MMaDA's `t2i_generate`): the temperature is
+      multiplied by (1 - (s+1)/T) at every step before use, a running product
+      tau_s = tau_0 prod_{i<=s} (1 - (i+1)/T), tau_0 = `choice_temperature` (1.0); the number
+      kept masked is clamped to [1, masked - 1] before the last step, as MMaDA's mask_len is.
+    - `google` (Google's MaskGIT `parallel_decode`): tau_s = tau_0 (1 - (s+1)/T), tau_0 = 4.5.
+    The last step commits everything (MMaDA returns the last step's samples at every position).
+    """
+
+    DEFAULT_CHOICE_TEMPERATURE = {"mmada": 1.0, "google": 4.5}
 
     def __init__(
         self,
@@ -91,24 +104,39 @@ class MaskGITSampler(_ImageSampler):
         steps: int = 12,
         cfg_scale: float = 0.0,
         temperature: float = 1.0,
-        confidence_noise: float = 4.5,
+        schedule: Literal["mmada", "google"] = "mmada",
+        choice_temperature: float | None = None,
     ):
         super().__init__(image_tokens, codebook_offset, codebook_size, steps, cfg_scale, temperature)
-        self.confidence_noise = confidence_noise
+        if choice_temperature is not None and choice_temperature < 0:
+            raise MaskGRPOError("sampler.choice_temperature: must be >= 0")
+        self.schedule = schedule
+        self.choice_temperature = self.DEFAULT_CHOICE_TEMPERATURE[schedule] if choice_temperature is None else choice_temperature
+
+    def noise_level(self, s: int) -> float:
+        """tau_s, the Gumbel scale on the confidences at step s."""
+        T = self.steps
+        if self.schedule == "google":
+            return self.choice_temperature * (1 - (s + 1) / T)
+        return self.choice_temperature * math.prod(1 - (i + 1) / T for i in range(s + 1))
+
+    def keep_masked(self, s: int, masked: torch.Tensor) -> torch.Tensor:
+        """[B] how many positions stay masked after step s."""
+        if s == self.steps - 1:
+            return torch.zeros_like(masked)
+        scheduled = math.floor(self.gen_length * cosine_masked_fraction((s + 1) / self.steps))
+        if self.schedule == "mmada":
+            return torch.clamp(torch.minimum(masked - 1, torch.full_like(masked, scheduled)), min=1)
+        return torch.clamp(torch.full_like(masked, scheduled), max=masked - 1).clamp(min=0)
 
     def _choose(self, s, masked, log_probs, codes, generator):
-        n = self.gen_length
-        keep_masked = 0 if s == self.steps - 1 else math.floor(n * cosine_masked_fraction((s + 1) / self.steps))
-        to_commit = (masked.sum(dim=1) - keep_masked).clamp(min=1)
         confidence = log_probs.gather(-1, codes.unsqueeze(-1)).squeeze(-1)
-        anneal = self.confidence_noise * (1 - s / self.steps)
-        if anneal > 0:
+        tau = self.noise_level(s)
+        if tau > 0:
             u = uniform(tuple(confidence.shape), generator, confidence.device).clamp_min(1e-20)
-            confidence = confidence + anneal * -torch.log(-torch.log(u))
+            confidence = confidence + tau * -torch.log(-torch.log(u))
         confidence = confidence.masked_fill(~masked, float("-inf"))
-        order = torch.argsort(confidence, dim=1, descending=True, stable=True)
-        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand_as(order))
-        return ranks < to_commit[:, None]
+        return top_k_per_row(confidence, masked.sum(dim=1) - self.keep_masked(s, masked.sum(dim=1)))
 
 
 @samplers.register("emerge")
