@@ -64,4 +64,6 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
         tokenizer = build_tokenizer({"type": "hf", "path": str(folder)})
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     kind = "transformer" if config.get("_class_name") == "MaskedTransformer" else "hf"
+    if config.get("model_type") in ("llada", "mmada"):  # the native LLaDA / MMaDA backbone
+        kind = "llada"
     return build_backbone({"type": kind, "path": str(folder)}, tokenizer), tokenizer

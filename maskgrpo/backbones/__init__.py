@@ -1,1 +1,1 @@
-from . import amused, hf, transformer  # noqa: F401
+from . import amused, hf, llada, transformer  # noqa: F401
