@@ -34,6 +34,10 @@ reference code and the script that ran it are not committed):
   merges (ids 0-2 = <unk>, <|mdm_mask|>, <|eot_id|>, then digits, arithmetic signs, a-z and
   punctuation; 53 ids), saved with transformers' PreTrainedTokenizerFast.save_pretrained, so
   the folder loads like a hub checkpoint with the `hf` tokenizer.
+- llada_8b_shapes.json: {name: shape} of the reference's state_dict at LLaDA-8B-Instruct's sizes
+  (d_model 4096, 32 layers, 32 heads, mlp_hidden_size 12288, vocab 126464; 8.016 B parameters,
+  291 tensors), from the reference's LLaDAModel built with init_device "meta", names prefixed
+  with "model." as LLaDAModelLM saves them.
 """
 
 from __future__ import annotations
@@ -153,6 +157,19 @@ def test_save_pretrained_round_trips_in_the_hub_layout(tmp_path: Path) -> None:
         assert torch.equal(model(ids), again(ids))
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved["block_type"] == "llama" and saved["mask_token_id"] == 1
+
+
+@pytest.mark.parametrize("rows", [126464, 134656])
+def test_real_sizes_give_the_reference_state_dict_names_and_shapes(rows: int) -> None:
+    """LLaDA-8B's names and shapes as the reference builds them; MMaDA-8B's 134,656-row embedding
+    (text + 8,192 image codes) changes only wte and ff_out."""
+    data = json.loads((FIXTURES / "llada_8b_shapes.json").read_text())
+    config = {**data["config"], "vocab_size": rows, "embedding_size": rows}
+    expected = {k: ([rows, 4096] if k in ("model.transformer.wte.weight", "model.transformer.ff_out.weight") else v) for k, v in data["shapes"].items()}
+    with torch.device("meta"):
+        model = LLaDABackbone(LLaDAConfig.from_dict(config), 126336)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
+    assert sum(p.numel() for p in model.parameters()) == 8_015_581_184 + 2 * 4096 * (rows - 126464)
 
 
 # -- strict loading: every mistake is one line naming the file and the tensor ---------------------

@@ -1,1 +1,1 @@
-from . import char, hf, vq, word  # noqa: F401
+from . import char, hf, magvit, vq, word  # noqa: F401
