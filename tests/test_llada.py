@@ -292,6 +292,28 @@ def test_one_grpo_step_with_lora_on_the_paper_targets_trains_only_the_adapter(tm
     assert ids and trainer.tokenizer.decode(ids) == "7+5="
 
 
+def test_lora_adapter_switches_off_to_the_base_model_exactly() -> None:
+    """The trainer's LoRA reference policy is the same model with its adapter disabled."""
+    from peft import LoraConfig
+
+    ref = reference("tiny")
+    model = LLaDABackbone.from_pretrained(TINY)
+    model.add_adapter(LoraConfig(r=2, lora_alpha=4, target_modules=PAPER_TARGETS))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+        adapted = model(ref["input_ids"], ref["attention_mask"])
+        model.disable_adapters()
+        base = model(ref["input_ids"], ref["attention_mask"])
+        model.enable_adapters()
+        again = model(ref["input_ids"], ref["attention_mask"])
+    torch.testing.assert_close(base, ref["logits_padded"], rtol=0, atol=1e-5)
+    assert (adapted - base).abs().max() > 0.1 and torch.equal(adapted, again)
+    index = json.loads((TINY / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(model.base_state_dict()) == set(index)  # saving strips peft's wrapping
+
+
 def _build_every_component(recipe) -> dict[str, object]:
     tokenizer = build_tokenizer(recipe.tokenizer)
     image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None
