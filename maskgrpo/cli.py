@@ -46,10 +46,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         recipe = load_clip_recipe(args.recipe, args.set)
     else:
         recipe = _recipe(args)
+    if kind in ("grpo", "sft"):
+        _check_evaluation(recipe)
     print(f"{args.recipe}: ok ({recipe.kind} recipe '{recipe.name}')")
     if args.show:
         print(recipe.model_dump_json(indent=2))
     return 0
+
+
+def _check_evaluation(recipe) -> None:
+    """What `check` can know about the run's evaluation without building models: is there eval
+    data, and (images) which metric scores it."""
+    from .components import eval_metric_spec
+    from .registry import tasks
+
+    task = tasks.build(recipe.task, where="task")
+    if not task.eval_examples():
+        print(f"{recipe.source}: note: task has no eval data; the run reports no evaluation (score it with `maskgrpo eval`)")
+    elif recipe.image_tokenizer is not None:
+        try:
+            eval_metric_spec(recipe.eval_metric, task)
+        except MaskGRPOError as err:
+            raise MaskGRPOError(f"{recipe.source}: {err}") from None
 
 
 def cmd_sft(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .recipe import Spec
-from .registry import backbones, load_entry_point_plugins, load_presets, samplers, tokenizers
+from .errors import MaskGRPOError
+from .registry import backbones, load_entry_point_plugins, load_presets, metrics, samplers, tokenizers
 
 
 def build_tokenizer(spec: Spec) -> Any:
@@ -36,6 +37,23 @@ def build_sampler(spec: Spec, tokenizer: Any, image_tokenizer: Any | None = None
         flat.setdefault("codebook_offset", tokenizer.vocab_size)
         flat.setdefault("codebook_size", image_tokenizer.codebook_size)
     return samplers.build(flat, where=where)
+
+
+def eval_metric_spec(spec: Spec | None, task: Any) -> Spec:
+    """The metric of an image run's in-training evaluation: the recipe's `eval_metric`, else the
+    task's own (`task.eval_metric`; the shapes world scores with its exact detector). A task
+    without one (GenEval prompts from JSONL) needs the recipe to say which detector to trust."""
+    if spec is None:
+        spec = getattr(task, "eval_metric", None)
+    if spec is None:
+        raise MaskGRPOError(
+            f"eval_metric: task {type(task).__name__} has no default image metric; set one, e.g. {{type: geneval, detector: torchvision, ...}}"
+        )
+    return spec
+
+
+def build_eval_metric(spec: Spec | None, task: Any) -> Any:
+    return metrics.build(eval_metric_spec(spec, task), where="eval_metric")
 
 
 def load_model(name_or_path: str) -> tuple[Any, Any]:

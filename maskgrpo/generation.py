@@ -73,7 +73,7 @@ def evaluate_accuracy(
         records.append(
             {"prompt": ex.prompt, "answer": ex.answer, "completion": completion, "extracted": verdict.extracted, "correct": verdict.correct}
         )
-    accuracy = sum(r["correct"] for r in records) / max(len(records), 1)
+    accuracy = sum(r["correct"] for r in records) / len(records) if records else float("nan")
     return EvalResult(accuracy, records)
 
 
@@ -107,15 +107,15 @@ def evaluate_images(
     image_tokenizer,
     sampler,
     examples: list[Example],
+    metric,
     images_per_prompt: int = 2,
     batch_size: int = 128,
     device: torch.device | str = "cpu",
 ) -> tuple[dict, list, list]:
-    """GenEval-style score (shapes detector) of generated images: (metrics, images, records)."""
-    from .metrics.geneval import GenEvalMetric
-
+    """A GenEval-style `metric` (built from the recipe: shapes detector, COCO detector, ...) on
+    generated images: (metrics, images, records)."""
     rows = [e.columns["metadata"] for e in examples for _ in range(images_per_prompt)]
     images = generate_images(backbone, tokenizer, image_tokenizer, sampler, [r["prompt"] for r in rows], batch_size, 0, device)
-    metric = GenEvalMetric(detector="shapes")
+    metric.reset()
     metric.update({"images": images, "metadata": rows})
     return metric.compute(), images, metric.records

@@ -107,6 +107,9 @@ class Recipe(_Strict):
     eval_sampler: Spec | None = Field(None, description="default: the rollout sampler at temperature 0")
     estimator: Spec | None = None
     rewards: list[RewardSpec] = []
+    eval_metric: Spec | None = Field(
+        None, description="image runs: the metric of the in-training evaluation (default: the task's own, e.g. shapes -> geneval with the shapes detector)"
+    )
     grpo: GRPOConfig = GRPOConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -235,6 +238,7 @@ def validate_components(recipe: Recipe, prefix: str = "") -> None:
         ("samplers", "sampler", recipe.sampler),
         ("samplers", "eval_sampler", recipe.eval_sampler),
         ("estimators", "estimator", recipe.estimator),
+        ("metrics", "eval_metric", recipe.eval_metric),
     ]
     checks += [("rewards", f"rewards.{i}", r.component()) for i, r in enumerate(recipe.rewards)]
     for kind, field, spec in checks:

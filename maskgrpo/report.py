@@ -46,7 +46,7 @@ def write_report(
 ) -> dict[str, Any]:
     rows = read_metrics(out / "metrics.jsonl")
     plot_curves(rows, eval_history, out / "curves.png", recipe.name, key, label)
-    before, after = eval_history[0][key], eval_history[-1][key]
+    before, after = (eval_history[0][key], eval_history[-1][key]) if eval_history else (float("nan"), float("nan"))
     reward_keys = sorted({k for x in rows for k in x if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"})
     first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]
 
@@ -60,7 +60,7 @@ def write_report(
         f"- estimator: `{json.dumps(recipe.estimator)}`, sampler: `{json.dumps(recipe.sampler)}`",
         f"- steps: {len(rows)}, group size {recipe.grpo.group_size}, mu {recipe.grpo.num_iterations}, "
         f"prompts per step {recipe.train.prompts_per_step}; wall time this session {seconds:.0f} s",
-        f"- {label}: **{before:.3f} -> {after:.3f}** ({after - before:+.3f})",
+        f"- {label}: **{before:.3f} -> {after:.3f}** ({after - before:+.3f})" if eval_history else f"- {label}: no evaluation (the task has no eval data)",
         "",
         "| metric | first 10% of steps | last 10% of steps |",
         "| --- | --- | --- |",

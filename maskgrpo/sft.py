@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .components import build_backbone, build_sampler, build_tokenizer
+from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer
 from .data import encode_completions, encode_prompts
 from .generation import evaluate_accuracy, evaluate_images
 from .recipe import Recipe
@@ -89,6 +89,7 @@ def run_sft(recipe: Recipe) -> dict:
     sampler = build_sampler(recipe.sampler, tokenizer, image_tokenizer)
     eval_sampler = build_sampler(recipe.eval_sampler or recipe.sampler, tokenizer, image_tokenizer, where="eval_sampler")
     eval_set = task.eval_examples()
+    eval_metric = build_eval_metric(recipe.eval_metric, task) if image_tokenizer is not None and eval_set else None
 
     def targets(examples: list) -> torch.Tensor:
         """Completion ids: the text target padded with EOS, or the image's VQ codes placed
@@ -100,7 +101,7 @@ def run_sft(recipe: Recipe) -> dict:
     def evaluate() -> tuple[str, float]:
         if image_tokenizer is None:
             return "eval/accuracy", evaluate_accuracy(backbone, tokenizer, eval_sampler, eval_set, device=device).accuracy
-        scores, images, _ = evaluate_images(backbone, tokenizer, image_tokenizer, eval_sampler, eval_set, device=device)
+        scores, images, _ = evaluate_images(backbone, tokenizer, image_tokenizer, eval_sampler, eval_set, eval_metric, device=device)
         save_image_grid(images[:32], [e.prompt for e in eval_set for _ in range(2)][:32], out / f"samples_step{step + 1}.png")
         return "eval/geneval", scores["overall"]
 
@@ -128,7 +129,7 @@ def run_sft(recipe: Recipe) -> dict:
         sched.step()
         row = {"step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - start}
         last = step + 1 == cfg.steps
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
+        if ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last) and eval_set:
             key, value = evaluate()
             row[key] = value
             bar.write(f"step {step + 1}: loss {row['loss']:.4f}  {key} {value:.3f}")

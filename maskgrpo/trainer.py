@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import token_logprobs
-from .components import build_backbone, build_sampler, build_tokenizer
+from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer
 from .data import encode_prompts
 from .errors import MaskGRPOError
 from .estimators.masking import ELBOEstimator, MaskedView
@@ -104,7 +104,8 @@ class GRPOTrainer:
         if isinstance(self.estimator, ELBOEstimator):
             raise MaskGRPOError("estimator: 'elbo' measures likelihoods for evaluation; train with another estimator")
         self.rewards = RewardSet(recipe.rewards)
-        self.eval_set = self.task.eval_examples()
+        self.eval_set = self.task.eval_examples()  # empty: the run reports no evaluation, never 0
+        self.eval_metric = build_eval_metric(recipe.eval_metric, self.task) if self.image_tokenizer is not None and self.eval_set else None
 
         o = recipe.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -273,7 +274,9 @@ class GRPOTrainer:
         batch = self.recipe.train.eval_batch_size
         if self.image_tokenizer is None:
             return evaluate_accuracy(self.policy, self.tokenizer, self.eval_sampler, self.eval_set, batch, self.device).accuracy
-        scores, images, _ = evaluate_images(self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, self.eval_set, batch_size=batch, device=self.device)
+        scores, images, _ = evaluate_images(
+            self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, self.eval_set, self.eval_metric, batch_size=batch, device=self.device
+        )
         captions = [e.prompt for e in self.eval_set for _ in range(2)]
         save_image_grid(images[:48], captions[:48], self.out / "samples" / f"step{self.step:05d}.png")
         return scores["overall"]
@@ -326,7 +329,9 @@ class GRPOTrainer:
         else:
             for stale in (self.out / "samples").glob("step*.png"):
                 stale.unlink()  # a fresh run's sample grids must not sit beside an older run's
-        if not self.eval_history:
+        if not self.eval_set:
+            print(f"no evaluation: task {type(self.task).__name__} has no eval data")
+        elif not self.eval_history:
             accuracy = self.evaluate()
             self.eval_history.append({"step": 0, self.eval_key: accuracy})
             print(f"{self.eval_name} before training: {accuracy:.3f} ({len(self.eval_set)} prompts)")
@@ -343,7 +348,8 @@ class GRPOTrainer:
                     self.step += 1
                     if self.cfg.ref_sync_steps and self.step % self.cfg.ref_sync_steps == 0:
                         self.reference.load_state_dict(self.policy.state_dict())  # type: ignore[union-attr]
-                    if (r.train.eval_every and self.step % r.train.eval_every == 0) or self.step == r.train.steps:
+                    due = (r.train.eval_every and self.step % r.train.eval_every == 0) or self.step == r.train.steps
+                    if due and self.eval_set:
                         row[self.eval_key] = self.evaluate()
                         self.eval_history.append({"step": self.step, self.eval_key: row[self.eval_key]})
                         bar.write(f"step {self.step}: {self.eval_name} {row[self.eval_key]:.3f}")
@@ -366,6 +372,9 @@ class GRPOTrainer:
         from .report import write_report
 
         summary = write_report(self.out, r, self.eval_history, time.time() - started, self.eval_key, self.eval_name)
+        if not self.eval_history:
+            print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/); no evaluation")
+            return summary
         before, after = self.eval_history[0][self.eval_key], self.eval_history[-1][self.eval_key]
         print(f"{self.eval_name}: before {before:.3f} -> after {after:.3f} ({after - before:+.3f})")
         print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import warnings
 
@@ -184,7 +185,8 @@ def test_metric_aggregates_per_tag():
     json.dumps(metric.records)  # plain data
     assert all(set(d) >= {"label", "score", "box", "color"} for r in metric.records for d in r["detections"])
     metric.reset()
-    assert metric.compute() == {"overall": 0.0, "n": 0}
+    empty = metric.compute()
+    assert empty["n"] == 0 and math.isnan(empty["overall"])  # no samples: no score, never 0
     assert aggregate([{"tag": "a", "correct": True}, {"tag": "b", "correct": False}, {"tag": "b", "correct": True}])["overall"] == 0.75
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,27 @@ def test_codebook_follows_the_text_vocabulary(tiny_vq: Path) -> None:
     assert not hasattr(text_sampler, "codebook")
 
 
+BLIND_DETECTOR = """
+from maskgrpo.registry import detectors
+
+SEEN = []
+
+@detectors.register("blind_counter")
+class BlindCounter:
+    # sees nothing, counts the images it was shown
+    def detect(self, image):
+        SEEN.append(image.size)
+        return []
+"""
+
+
 def test_short_image_sft_run(tiny_vq: Path, tmp_path: Path) -> None:
+    """The in-run evaluation scores with the recipe's `eval_metric`: a detector that sees nothing
+    is shown every evaluation image (4 prompts x 2 images, at steps 6 and 12) and scores 0."""
+    (tmp_path / "blind.py").write_text(BLIND_DETECTOR)
     recipe = {
+        "plugins": ["blind.py"],
+        "eval_metric": {"type": "geneval", "detector": "blind_counter"},
         "kind": "sft",
         "name": "tiny-image-sft",
         "output_dir": str(tmp_path / "run"),
@@ -97,7 +117,9 @@ def test_short_image_sft_run(tiny_vq: Path, tmp_path: Path) -> None:
     assert main(["sft", str(path)]) == 0
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert sum(r["loss"] for r in rows[-3:]) < sum(r["loss"] for r in rows[:3])
-    assert 0 <= rows[-1]["eval/geneval"] <= 1
+    assert rows[-1]["eval/geneval"] == 0.0 and rows[5]["eval/geneval"] == 0.0
+    seen = next(m for m in sys.modules.values() if getattr(m, "__file__", None) == str(tmp_path / "blind.py")).SEEN
+    assert seen == [(32, 32)] * 16
     assert (tmp_path / "run/samples_step12.png").is_file() and (tmp_path / "run/model/word_tokenizer.json").is_file()
 
 
@@ -131,6 +153,32 @@ def test_two_step_image_grpo_changes_parameters(tiny_vq: Path, tmp_path: Path) -
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)
     assert "eval/geneval" in rows[-1]
     assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == ["step00000.png", "step00002.png"]
+
+
+def test_image_recipe_needs_an_eval_metric_when_the_task_has_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """GenEval prompts from JSONL have no detector of their own: `check` says so (exit 2) instead
+    of the run scoring them with the shapes detector; with no eval data it notes that instead."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"prompt": "a photo of a cat", "tag": "single_object", "include": [{"class": "cat", "count": 1}]}) + "\n")
+    recipe = {
+        "kind": "grpo",
+        "name": "jsonl-images",
+        "output_dir": str(tmp_path / "run"),
+        "backbone": {"type": "transformer", "max_length": 80, "d_model": 32, "n_layers": 1, "n_heads": 2},
+        "tokenizer": {"type": "word"},
+        "image_tokenizer": {"type": "vq", "path": str(REPO / "checkpoints/shapes-vq")},
+        "task": {"type": "jsonl", "train_path": str(data), "eval_path": str(data), "prompt_field": "prompt", "answer_field": None, "row_column": "metadata"},
+        "sampler": {"type": "emerge", "image_tokens": 64},
+        "estimator": "random",
+        "rewards": [{"type": "geneval", "detector": "shapes"}],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["check", str(path)]) == 2
+    assert "eval_metric: task JsonlTask has no default image metric" in capsys.readouterr().err
+    assert main(["check", str(path), "--set", "eval_metric={type: geneval, detector: shapes}"]) == 0
+    assert main(["check", str(path), "--set", "task.eval_path=null"]) == 0
+    assert "task has no eval data; the run reports no evaluation" in capsys.readouterr().out
 
 
 def test_geneval_reward_scores_images_like_the_metric() -> None:

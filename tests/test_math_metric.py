@@ -5,6 +5,7 @@ registered `math_accuracy` metric."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from fractions import Fraction
@@ -403,7 +404,8 @@ def test_math_accuracy_metric():
     assert entry.description.startswith("Fraction of completions")
     metric = metrics.build({"type": "math_accuracy", "timeout": 0.5})
     assert isinstance(metric, MathAccuracy) and metric.timeout == 0.5
-    assert metric.compute() == {"accuracy": 0.0, "n": 0}
+    empty = metric.compute()
+    assert empty["n"] == 0 and math.isnan(empty["accuracy"])  # no samples: no score, never 0
     metric.update({"completions": ["\\boxed{\\frac12}", "#### 3", "no idea"], "answers": ["0.5", "#### 4", "2"]})
     metric.update({"completions": ["The answer is 7."], "answers": ["7"]})
     assert metric.compute() == {"accuracy": 0.5, "n": 4}
@@ -412,7 +414,7 @@ def test_math_accuracy_metric():
     assert metric.records[0]["extracted"] == "\\frac12"
     assert metric.records[2]["extracted"] is None
     metric.reset()
-    assert metric.records == [] and metric.compute() == {"accuracy": 0.0, "n": 0}
+    assert metric.records == [] and metric.compute()["n"] == 0 and math.isnan(metric.compute()["accuracy"])
 
 
 def test_math_accuracy_config_is_validated():

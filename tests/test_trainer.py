@@ -276,3 +276,30 @@ def test_reference_sync_copies_the_policy(tmp_path: Path) -> None:
     assert any(not torch.equal(initial[k], synced[k]) for k in initial)
     with pytest.raises(MaskGRPOError, match="ref_sync_steps"):
         GRPOTrainer(load_recipe(path, ["grpo.beta=0"]), progress=False)
+
+
+def test_a_task_without_eval_data_reports_no_evaluation_not_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{a}+1=", "answer": f"#### {a + 1}"}) + "\n" for a in range(8)))
+    path = tiny_grpo_recipe(tmp_path, task={"type": "jsonl", "train_path": str(data)})
+    summary = GRPOTrainer(load_recipe(path), progress=False).train()
+    out = capsys.readouterr().out
+    assert "no evaluation: task JsonlTask has no eval data" in out and "0.000" not in out
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not any("eval/accuracy" in r for r in rows)
+    assert "no evaluation" in (tmp_path / "run" / "report.md").read_text()
+    assert math.isnan(summary["before"]) and math.isnan(summary["after"])
+
+
+@pytest.mark.parametrize(
+    "spec,key",
+    [({"type": "math_accuracy"}, "accuracy"), ({"type": "geneval", "detector": "shapes"}, "overall"), ({"type": "clip_score", "model": "local-dir:checkpoints/shapes-clip"}, "clip_score")],
+)
+def test_metrics_on_an_empty_set_are_nan_not_zero(spec: dict, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from maskgrpo.registry import metrics
+
+    from .conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    result = metrics.build(spec).compute()
+    assert result["n"] == 0 and math.isnan(result[key])

@@ -116,7 +116,7 @@ class ClipScore:
 
     def compute(self) -> dict[str, float]:
         n = len(self.scores)
-        return {"clip_score": float(sum(self.scores) / n) if n else 0.0, "n": n}
+        return {"clip_score": float(sum(self.scores) / n) if n else float("nan"), "n": n}  # no samples: no score
 
     def reset(self) -> None:
         self.scores = []

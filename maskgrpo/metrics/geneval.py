@@ -355,9 +355,10 @@ class GenEvalMetric:
 
 
 def aggregate(records: list[dict[str, Any]]) -> dict[str, float]:
-    """{'overall': mean of per-tag accuracies, '<tag>': accuracy, 'n': number of samples}."""
+    """{'overall': mean of per-tag accuracies, '<tag>': accuracy, 'n': number of samples};
+    'overall' is NaN when there are no samples: an empty evaluation has no score, never 0."""
     by_tag: dict[str, list[bool]] = defaultdict(list)
     for r in records:
         by_tag[r["tag"]].append(bool(r["correct"]))
     out: dict[str, float] = {tag: float(np.mean(v)) for tag, v in sorted(by_tag.items())}
-    return {"overall": float(np.mean(list(out.values()))) if out else 0.0, **out, "n": len(records)}
+    return {"overall": float(np.mean(list(out.values()))) if out else float("nan"), **out, "n": len(records)}

@@ -768,7 +768,7 @@ class MathAccuracy:
     def compute(self) -> dict:
         n = len(self.records)
         correct = sum(1 for r in self.records if r["correct"])
-        return {"accuracy": correct / n if n else 0.0, "n": n}
+        return {"accuracy": correct / n if n else float("nan"), "n": n}  # no samples: no score
 
     def reset(self) -> None:
         self.records = []

@@ -31,6 +31,8 @@ class ShapesTask:
     of code patterns, where free rotations, sizes and sub-token offsets left it drawing blobs
     after 5,000 steps."""
 
+    eval_metric = {"type": "geneval", "detector": "shapes"}  # exact on this world, needs no weights
+
     def __init__(
         self,
         tags: list[str] = list(TAGS),  # noqa: B006
