@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/maskgrpo train recipes/arith-grpo.yaml
+	$(BIN)/maskgrpo train recipes/arith-grpo.yaml --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

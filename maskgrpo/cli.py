@@ -97,7 +97,9 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import run_grpo
 
-    run_grpo(_recipe(args), resume=args.resume, progress=not args.no_progress)
+    if args.resume and args.overwrite:
+        raise MaskGRPOError("train: --resume continues a run and --overwrite replaces it; give one")
+    run_grpo(_recipe(args), resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_parser("train-clip", "train a small open_clip CLIP on shapes renders and prompts", cmd_train_clip)
     t = recipe_parser("train", "GRPO training", cmd_train)
     t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds an earlier run's checkpoint")
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="generate completions from a model preset or folder")

@@ -297,7 +297,11 @@ class GRPOTrainer:
         if not (source / STATE_FILE).is_file():
             raise MaskGRPOError(f"--resume: no checkpoint in {source}")
         safetensors.torch.load_model(self.policy, str(source / POLICY_FILE), device=str(self.device))
-        state = torch.load(source / STATE_FILE, map_location=self.device, weights_only=False)
+        try:  # weights_only: a checkpoint is data, and a crafted pickle must not run code on --resume
+            state = torch.load(source / STATE_FILE, map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MaskGRPOError(f"--resume: {source / STATE_FILE} is not a plain trainer state (refused to load it: {reason[:200]})") from None
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.reference is not None and "reference" in state:
@@ -315,8 +319,12 @@ class GRPOTrainer:
         self.tokenizer.save_pretrained(target)
         return target
 
-    def train(self, resume: bool = False) -> dict[str, Any]:
+    def train(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         r = self.recipe
+        if not resume and not overwrite and (self.out / "checkpoint").exists():
+            raise MaskGRPOError(
+                f"{self.out}: holds the checkpoint of an earlier run; continue it with --resume or replace it with --overwrite"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "recipe.yaml", r.resolved_yaml())
         metrics_path = self.out / "metrics.jsonl"
@@ -381,6 +389,6 @@ class GRPOTrainer:
         return summary
 
 
-def run_grpo(recipe: Recipe, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    return GRPOTrainer(recipe, progress=progress).train(resume=resume)
+def run_grpo(recipe: Recipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    return GRPOTrainer(recipe, progress=progress).train(resume=resume, overwrite=overwrite)
 

@@ -303,3 +303,36 @@ def test_metrics_on_an_empty_set_are_nan_not_zero(spec: dict, key: str, monkeypa
     monkeypatch.chdir(REPO)
     result = metrics.build(spec).compute()
     assert result["n"] == 0 and math.isnan(result[key])
+
+
+class _Payload:
+    """A pickle that runs code when loaded (what a crafted trainer_state.pt would carry)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_grpo_recipe(tmp_path, train={"steps": 1, "prompts_per_step": 2, "eval_every": 0})
+    assert main(["train", str(path), "--no-progress"]) == 0
+    state = tmp_path / "run/checkpoint/trainer_state.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"step": 0, "evil": _Payload(marker)}, state)
+    assert main(["train", str(path), "--resume", "--no-progress"]) == 2
+    assert "is not a plain trainer state" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_second_run_refuses_to_wipe_the_first_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_grpo_recipe(tmp_path, train={"steps": 1, "prompts_per_step": 2, "eval_every": 0})
+    assert main(["train", str(path), "--no-progress"]) == 0
+    metrics = (tmp_path / "run/metrics.jsonl").read_text()
+    assert main(["train", str(path), "--no-progress", "--set", "seed=5"]) == 2
+    assert "--resume or replace it with --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "run/metrics.jsonl").read_text() == metrics  # nothing lost
+    assert main(["train", str(path), "--no-progress", "--resume", "--overwrite"]) == 2
+    assert main(["train", str(path), "--no-progress", "--overwrite", "--set", "seed=5"]) == 0
+    assert (tmp_path / "run/metrics.jsonl").read_text() != metrics
