@@ -314,6 +314,22 @@ def test_lora_adapter_switches_off_to_the_base_model_exactly() -> None:
     assert set(model.base_state_dict()) == set(index)  # saving strips peft's wrapping
 
 
+def test_saving_with_an_adapter_writes_the_base_model_and_peft_files(tmp_path: Path) -> None:
+    from peft import LoraConfig
+
+    ref = reference("tiny")
+    model = LLaDABackbone.from_pretrained(TINY)
+    model.add_adapter(LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(tmp_path / "saved")
+    names = {p.name for p in (tmp_path / "saved").iterdir()}
+    assert {"config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors"} <= names
+    assert json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["r"] == 2
+    adapter = load_file(str(tmp_path / "saved" / "adapter_model.safetensors"))
+    assert len(adapter) == 2 * 2 * 2 and all("lora_" in k for k in adapter)  # A and B, q and v, 2 layers
+    with torch.no_grad():  # the folder itself is the base model
+        torch.testing.assert_close(LLaDABackbone.from_pretrained(tmp_path / "saved")(ref["input_ids"]), ref["logits"], rtol=0, atol=1e-5)
+
+
 def _build_every_component(recipe) -> dict[str, object]:
     tokenizer = build_tokenizer(recipe.tokenizer)
     image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None

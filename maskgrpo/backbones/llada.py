@@ -430,7 +430,7 @@ def build_llada(
     mask_padding: bool = True,
 ) -> LLaDABackbone:
     """Native LLaDA / MMaDA (no remote code): a local folder or hub id in the hub layout, loaded
-    strictly from its safetensors; `device: cuda` loads straight onto the GPU."""
+    strictly from its safetensors; `device` is where the weights land (cuda: straight onto the GPU)."""
     return LLaDABackbone.from_pretrained(
         path, mask_token_id, _DTYPES[dtype], device, gradient_checkpointing=gradient_checkpointing, mask_padding=mask_padding
     )
