@@ -599,7 +599,8 @@ def _generate_text(suite: Suite, model: str, limit: int | None, batch_size: int,
     with _progress(len(samples), f"{suite.name}: generating", progress) as bar:
         for start in range(0, len(samples), batch_size):
             chunk = prompts[start : start + batch_size]
-            completions = generate(backbone, tokenizer, sampler, chunk, batch_size=len(chunk), seed=suite.seed + start, device=dev)
+            rows_ = list(range(start, start + len(chunk)))  # sample i's own generator: the batch size changes nothing
+            completions = generate(backbone, tokenizer, sampler, chunk, batch_size=len(chunk), seed=suite.seed, device=dev, row_ids=rows_)
             for s, c in zip(samples[start : start + batch_size], completions):
                 s["completion"] = c
             bar.update(len(chunk))
@@ -642,7 +643,8 @@ def _generate_images(
     with _progress(len(prompts), f"{suite.name}: generating", progress) as bar:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            images += generate_images(backbone, tokenizer, image_tokenizer, sampler, chunk, len(chunk), suite.seed + start, dev)
+            rows_ = list(range(start, start + len(chunk)))
+            images += generate_images(backbone, tokenizer, image_tokenizer, sampler, chunk, len(chunk), suite.seed, dev, rows_)
             bar.update(len(chunk))
     if folder.exists():
         shutil.rmtree(folder)

@@ -12,21 +12,32 @@ from .data import encode_prompts
 from .samplers.base import Rollout
 from .tasks.base import Example
 from .tokenizers.base import TextTokenizer, decode_completion
-from .utils import make_generator
+from .utils import RowGenerators
 
 
 @torch.no_grad()
 def rollouts(
-    backbone: Backbone, tokenizer: TextTokenizer, sampler, prompts: list[str], batch_size: int, seed: int, device: torch.device | str
+    backbone: Backbone,
+    tokenizer: TextTokenizer,
+    sampler,
+    prompts: list[str],
+    batch_size: int,
+    seed: int,
+    device: torch.device | str,
+    row_ids: list[int] | None = None,
 ) -> Iterator[Rollout]:
-    """Batched rollouts in eval mode (training mode restored after), deterministic for a seed."""
+    """Batched rollouts in eval mode (training mode restored after), deterministic for a seed.
+    Prompt i draws from its own generator, keyed by `row_ids[i]` (default i): its sample does
+    not depend on the batch size or on which process generates it."""
+    ids_of = list(range(len(prompts))) if row_ids is None else list(row_ids)
     was_training = getattr(backbone, "training", False)
     if hasattr(backbone, "eval"):
         backbone.eval()
     try:
         for start in range(0, len(prompts), batch_size):
             ids, attn = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
-            yield sampler.sample(backbone, ids, make_generator(seed, start), attention_mask=attn)
+            generators = RowGenerators.seeded(seed, rows=ids_of[start : start + batch_size])
+            yield sampler.sample(backbone, ids, generators, attention_mask=attn)
     finally:
         if was_training:
             backbone.train()
@@ -40,11 +51,12 @@ def generate(
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    row_ids: list[int] | None = None,
 ) -> list[str]:
     """Completions as text."""
     return [
         decode_completion(tokenizer, row.tolist())
-        for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device)
+        for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device, row_ids)
         for row in rollout.completion
     ]
 
@@ -62,11 +74,12 @@ def evaluate_accuracy(
     examples: list[Example],
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    row_ids: list[int] | None = None,
 ) -> EvalResult:
     """Held-out accuracy, judged by the same math metric the `math_accuracy` reward uses."""
     from .metrics.math import judge
 
-    completions = generate(backbone, tokenizer, sampler, [e.prompt for e in examples], batch_size, 0, device)
+    completions = generate(backbone, tokenizer, sampler, [e.prompt for e in examples], batch_size, 0, device, row_ids)
     records = []
     for ex, completion in zip(examples, completions):
         verdict = judge(completion, ex.answer)
@@ -87,10 +100,11 @@ def generate_images(
     batch_size: int = 128,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    row_ids: list[int] | None = None,
 ) -> list:
     """PIL images for prompts: sampled code grids (after the text vocabulary), VQ-decoded."""
     images: list = []
-    for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device):
+    for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device, row_ids):
         images += codes_to_images(rollout.completion, tokenizer, image_tokenizer)
     return images
 
@@ -111,11 +125,12 @@ def evaluate_images(
     images_per_prompt: int = 2,
     batch_size: int = 128,
     device: torch.device | str = "cpu",
+    row_ids: list[int] | None = None,
 ) -> tuple[dict, list, list]:
     """A GenEval-style `metric` (built from the recipe: shapes detector, COCO detector, ...) on
     generated images: (metrics, images, records)."""
     rows = [e.columns["metadata"] for e in examples for _ in range(images_per_prompt)]
-    images = generate_images(backbone, tokenizer, image_tokenizer, sampler, [r["prompt"] for r in rows], batch_size, 0, device)
+    images = generate_images(backbone, tokenizer, image_tokenizer, sampler, [r["prompt"] for r in rows], batch_size, 0, device, row_ids)
     metric.reset()
     metric.update({"images": images, "metadata": rows})
     return metric.compute(), images, metric.records

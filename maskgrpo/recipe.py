@@ -64,8 +64,12 @@ class TrainConfig(_Strict):
     prompts_per_step: int = Field(16, ge=1)
     eval_every: int = Field(50, ge=0, description="0: evaluate only before and after")
     save_every: int = Field(0, ge=0, description="0: save only at the end")
-    device: str = "cpu"
+    device: str = Field("cpu", description="cpu, cuda or auto; under `accelerate launch` each process takes its own device")
     eval_batch_size: int = Field(256, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast with fp32 master weights (accelerate); bf16 works on CPU too")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, more time)")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(["tensorboard"], description="trackers beside metrics.jsonl; [] for none")
+    accelerate_config: str | None = Field(None, description="the accelerate config this recipe was sized for (relative to the recipe file)")
 
 
 class SFTConfig(_Strict):

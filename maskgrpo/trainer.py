@@ -5,18 +5,21 @@ group advantages -> for each of mu inner iterations the estimator hides some com
 (old and reference log-probs for those exact inputs were computed at rollout time) -> clipped
 importance-sampled loss -> AdamW step.
 
-Every random draw is a function of (seed, step, iteration), so `--resume` replays an interrupted
-run exactly without saving RNG state.
+On several processes (`accelerate launch` / `torchrun`, DESIGN.md section 9):
+`train.prompts_per_step` is global and each process rolls out a contiguous share of whole
+groups; rewards are gathered before advantages are normalised; old/reference log-probs stay
+local; the loss is normalised by global token counts and DDP all-reduces gradients; the main
+process writes every file; evaluation prompts are sharded and gathered. Every random draw is a
+function of (seed, step, iteration, global row), so N processes equal one on the same global
+batch and `--resume` replays an interrupted run exactly without saving RNG state.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import signal
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +27,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from .backbones.base import token_logprobs
+from .backbones.base import TokenScorer
 from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer
 from .data import encode_prompts
 from .errors import MaskGRPOError
@@ -35,11 +38,22 @@ from .recipe import Recipe, validate_components
 from .registry import estimators, tasks
 from .report import save_image_grid
 from .rewards.combine import RewardSet, finite
+from .runtime import (
+    STATE_FILE,
+    RunDirectory,
+    StopSignal,
+    check_world_size,
+    gather_list,
+    load_state,
+    local_share,
+    make_accelerator,
+    reduce_sum,
+    tensorboard_writer,
+)
 from .sft import lr_lambda
 from .tokenizers.base import decode_completion
-from .utils import atomic_directory, atomic_write_text, make_generator, resolve_device
+from .utils import RowGenerators, atomic_directory, make_generator
 
-STATE_FILE = "trainer_state.pt"
 POLICY_FILE = "policy.safetensors"
 
 
@@ -57,6 +71,26 @@ def apply_lora(backbone: Any, lora: Any) -> Any:
     return backbone
 
 
+def merged_copy(backbone: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a LoRA-adapted backbone with every adapter merged into its base layer and the
+    peft wrappers removed: the backbone's own class and config, so its `save_pretrained` folder
+    loads like any other model folder."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = copy.deepcopy(backbone)
+    for name, module in list(merged.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent_name) if parent_name else merged, child, module.get_base_layer())
+    for module in merged.modules():  # forget the adapter, so savers write the whole model
+        if getattr(module, "_hf_peft_config_loaded", False):
+            module._hf_peft_config_loaded = False
+        if hasattr(module, "peft_config"):
+            del module.peft_config
+    return merged
+
+
 def disable_dropout(model: torch.nn.Module) -> int:
     """Zero every dropout (LoRA's included), as TRL's GRPO does by default: old, reference and
     current log-probs then come from one deterministic function, so the ratio is 1 at mu = 1.
@@ -69,14 +103,23 @@ def disable_dropout(model: torch.nn.Module) -> int:
     return found
 
 
+def enable_gradient_checkpointing(backbone: Any) -> None:
+    if not hasattr(backbone, "gradient_checkpointing_enable"):
+        raise MaskGRPOError(f"train.gradient_checkpointing: backbone {type(backbone).__name__} does not support it")
+    backbone.gradient_checkpointing_enable()
+
+
 class GRPOTrainer:
     def __init__(self, recipe: Recipe, progress: bool = True):
         if recipe.kind != "grpo":
             raise MaskGRPOError(f"{recipe.source}: kind is '{recipe.kind}', `maskgrpo train` needs a grpo recipe")
         validate_components(recipe)
-        self.recipe, self.cfg, self.progress = recipe, recipe.grpo, progress
-        self.device = resolve_device(recipe.train.device)
+        self.recipe, self.cfg, t = recipe, recipe.grpo, recipe.train
         self.out = Path(recipe.output_dir)
+        self.acc = make_accelerator(t.device, t.mixed_precision, t.report_to, self.out)
+        self.device, self.is_main = self.acc.device, self.acc.is_main_process
+        self.progress = progress and self.is_main
+        self.prompt_share = local_share(t.prompts_per_step, self.acc, "train.prompts_per_step")
         torch.manual_seed(recipe.seed)
 
         self.tokenizer = build_tokenizer(recipe.tokenizer)
@@ -90,6 +133,8 @@ class GRPOTrainer:
             apply_lora(self.policy, recipe.lora)
         if self.cfg.disable_dropout:
             disable_dropout(self.policy)
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         # The reference is the frozen initial policy: with LoRA the same model with its adapter off.
         self.reference = None
         if self.cfg.ref_sync_steps and (recipe.lora is not None or self.cfg.beta == 0):
@@ -109,11 +154,16 @@ class GRPOTrainer:
 
         o = recipe.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        total_updates = recipe.train.steps * self.cfg.num_iterations
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o.warmup_steps, total_updates, o.schedule))
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        total_updates = t.steps * self.cfg.num_iterations
+        self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps, total_updates, o.schedule))
+        # The loss goes through a module that accelerate wraps (DDP on several processes; FSDP or
+        # DeepSpeed from an accelerate config); rollouts and old log-probs use the bare policy.
+        self.scorer = TokenScorer(self.policy)
+        self.trained_scorer, self.opt = self.acc.prepare(self.scorer, optimizer)
         self.step = 0
         self.eval_history: list[dict[str, float]] = []
+        self.run_dir = RunDirectory(self.out, self.acc)
 
     def _eval_sampler(self) -> Any:
         """Text: the rollout sampler made greedy. Images always sample: the rollout sampler."""
@@ -133,30 +183,35 @@ class GRPOTrainer:
         started = time.time()
         cfg, G = self.cfg, self.cfg.group_size
         n_prompts = self.recipe.train.prompts_per_step
-        examples = [self.task.train_example(step * n_prompts + i) for i in range(n_prompts)]
+        examples = [self.task.train_example(step * n_prompts + i) for i in self.prompt_share]  # this process's share
         prompts = [e.prompt for e in examples for _ in range(G)]  # a group's completions are adjacent
         columns: dict[str, list[Any]] = {"answer": [e.answer for e in examples for _ in range(G)]}
         for key in examples[0].columns:
             columns[key] = [e.columns.get(key) for e in examples for _ in range(G)]
+        rows = torch.arange(self.prompt_share.start * G, self.prompt_share.stop * G, device=self.device)  # global row ids
 
         # 1. Roll out with the current policy (it is theta_old for the whole step).
         ids, attn = encode_prompts(self.tokenizer, prompts, self.device)
         self.policy.eval()
-        rollout = self.sampler.sample(self.policy, ids, make_generator(self.recipe.seed, step, 1_000_000), attention_mask=attn)
+        with self.acc.autocast():
+            rollout = self.sampler.sample(self.policy, ids, RowGenerators.seeded(self.recipe.seed, step, 1_000_000, rows=rows), attention_mask=attn)
+        rollout.row_ids = rows
         completions = self._completions(rollout)
 
-        # 2. Score.
-        totals, components = self.rewards.score(prompts, completions, columns)
+        # 2. Score locally, gather every process's rewards: advantages need the whole batch.
+        local_totals, local_components = self.rewards.score(prompts, completions, columns)
+        totals = gather_list(self.acc, local_totals)
         row: dict[str, Any] = {"step": step + 1}
-        for name, values in components.items():
-            present = [float(v) for v in values if v is not None]
+        for name, values in local_components.items():
+            present = [float(v) for v in gather_list(self.acc, values) if v is not None]
             row[f"reward/{name}/mean"] = sum(present) / len(present) if present else float("nan")
         if not finite(totals):
             bad = next(i for i, v in enumerate(totals) if not math.isfinite(v))
-            tqdm.write(f"step {step + 1}: non-finite reward {totals[bad]} on sample {bad} (prompt {prompts[bad][:60]!r}); step skipped")
+            if self.is_main:
+                tqdm.write(f"step {step + 1}: non-finite reward {totals[bad]} on sample {bad}; step skipped")
             return {**row, "skipped": "non-finite reward", "seconds": time.time() - started}
         rewards = torch.tensor(totals, dtype=torch.float32, device=self.device)
-        advantages = group_advantages(rewards, G, cfg.advantage_std)
+        advantages = group_advantages(rewards, G, cfg.advantage_std)[rows]
         grouped = rewards.view(-1, G)
         row.update(
             {
@@ -171,17 +226,18 @@ class GRPOTrainer:
         eos = self.tokenizer.eos_token_id
         views = [self.estimator.masked_view(rollout, j, cfg.num_iterations, batch_seed, self.mask_id, eos) for j in range(cfg.num_iterations)]
         # Old, reference and current log-probs in one mode (train; dropout is off unless the
-        # recipe keeps it), so the importance ratio is exactly 1 before the first update.
+        # recipe keeps it) and one precision, so the importance ratio is exactly 1 before the
+        # first update.
         self.policy.train()
-        with torch.no_grad():
-            old = [self._logprobs(self.policy, v, v.of_rollout(rollout.tokens)) for v in views]
+        with torch.no_grad(), self.acc.autocast():
+            old = [self._logprobs(self.scorer, v, v.of_rollout(rollout.tokens)) for v in views]
             ref = [self._ref_logprobs(v, v.of_rollout(rollout.tokens)) for v in views] if cfg.beta > 0 else [None] * len(views)
 
         # 4. mu inner updates, each over all micro-batches (every rate used exactly once).
         # ratio/first_max_dev: max |rho - 1| in the first inner iteration, 0 unless old and current
         # log-probs disagree before any update (dropout, a mode switch); ratio/max_dev: all of them
         stats = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "ratio/max_dev": 0.0}
-        sequences = torch.arange(rollout.tokens.shape[0], device=rollout.tokens.device)
+        sequences = torch.arange(rollout.tokens.shape[0], device=self.device)
         skipped_updates = 0
         for j, view in enumerate(views):
             targets, sequence = view.of_rollout(rollout.tokens), view.of_rollout(sequences)
@@ -199,13 +255,13 @@ class GRPOTrainer:
         row["seconds"] = time.time() - started
         return row
 
-    def _logprobs(self, model: Any, view: MaskedView, targets: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    def _logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         attn = None if view.attention_mask is None else view.attention_mask[rows]
-        return token_logprobs(model, view.tokens[rows], targets[rows], view.loss_mask[rows], attn)
+        return scorer(view.tokens[rows], targets[rows], view.loss_mask[rows], attn)
 
     def _ref_logprobs(self, view: MaskedView, targets: torch.Tensor) -> torch.Tensor:
         with self._reference() as model:
-            return self._logprobs(model, view, targets)
+            return self._logprobs(TokenScorer(model), view, targets)
 
     @contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -228,80 +284,131 @@ class GRPOTrainer:
         n_sequences: int,
         sequence: torch.Tensor,
     ) -> dict[str, Any]:
-        """One optimiser step over every micro-batch of `view`. `sequence[i]` is the rollout row
-        of view row i: a stacked view (trace) holds several rows per sequence, and seq-mean
-        averages over the sequence, not the view row."""
-        cfg, o = self.cfg, self.recipe.optim
+        """One optimiser step over every micro-batch of `view`. `sequence[i]` is the local rollout
+        row of view row i: a stacked view (trace) holds several rows per sequence, and seq-mean
+        averages over the sequence, not the view row. Token and sequence totals are global, and
+        the loss is scaled by the process count because DDP averages gradients: the update is
+        the one a single process would make on the whole batch."""
+        cfg, o, world = self.cfg, self.recipe.optim, self.acc.num_processes
         tokens_per_row = view.loss_mask.sum(dim=1)
         offsets = torch.cat([tokens_per_row.new_zeros(1), tokens_per_row.cumsum(0)])
         tokens_per_sequence = torch.zeros(n_sequences, dtype=tokens_per_row.dtype, device=tokens_per_row.device).index_add_(0, sequence, tokens_per_row)
-        total_tokens, total_rows = int(offsets[-1]), targets.shape[0]
+        total_tokens = int(reduce_sum(self.acc, int(offsets[-1])))
+        total_sequences, total_rows = n_sequences * world, targets.shape[0]
         chunk = math.ceil(total_rows / o.grad_accum)
+        starts = list(range(0, total_rows, chunk))
         self.opt.zero_grad(set_to_none=True)
         loss_sum = kl_sum = clipped = dev = 0.0
-        for lo in range(0, total_rows, chunk):
+        for lo in starts:
             rows = slice(lo, min(lo + chunk, total_rows))
             span = slice(int(offsets[rows.start]), int(offsets[rows.stop]))
-            if span.start == span.stop:
-                continue
-            logp = self._logprobs(self.policy, view, targets, rows)
-            row_of_token = view.loss_mask[rows].nonzero()[:, 0] + lo
-            tl = grpo_token_loss(
-                logp, old[span], advantages[row_of_token], cfg.epsilon_low, cfg.epsilon_high, cfg.beta, None if ref is None else ref[span]
-            )
-            loss = aggregate(tl.loss, sequence[row_of_token], cfg.loss_agg, total_tokens, n_sequences, tokens_per_sequence)
-            if not torch.isfinite(loss):
-                tqdm.write(f"step {self.step + 1}: non-finite loss; inner update skipped")
-                self.opt.zero_grad(set_to_none=True)
-                nan = float("nan")
-                return {"loss": nan, "kl": nan, "clip_ratio": nan, "ratio_max_dev": nan, "ok": False}
-            loss.backward()
+            # every process runs every micro-batch (an empty one too): gradients sync on the last
+            sync = nullcontext() if lo == starts[-1] else self.acc.no_sync(self.trained_scorer)
+            with sync, self.acc.autocast():
+                logp = self._logprobs(self.trained_scorer, view, targets, rows)
+                row_of_token = view.loss_mask[rows].nonzero()[:, 0] + lo
+                tl = grpo_token_loss(
+                    logp, old[span], advantages[row_of_token], cfg.epsilon_low, cfg.epsilon_high, cfg.beta, None if ref is None else ref[span]
+                )
+                loss = aggregate(tl.loss, sequence[row_of_token], cfg.loss_agg, total_tokens, total_sequences, tokens_per_sequence)
+                self.acc.backward(loss * world)
             loss_sum += loss.item()
             kl_sum += tl.kl.sum().item()
             clipped += tl.clipped.sum().item()
-            dev = max(dev, (torch.exp(logp.detach() - old[span]) - 1).abs().max().item())
+            if logp.numel():
+                dev = max(dev, (torch.exp(logp.detach() - old[span]) - 1).abs().max().item())
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        # gradients are identical on every process after the all-reduce, so all skip together
+        if not all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
+            if self.is_main:
+                tqdm.write(f"step {self.step + 1}: non-finite loss; inner update skipped")
+            self.opt.zero_grad(set_to_none=True)
+            nan = float("nan")
+            return {"loss": nan, "kl": nan, "clip_ratio": nan, "ratio_max_dev": nan, "ok": False}
         if o.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], o.max_grad_norm)
+            self.acc.clip_grad_norm_(params, o.max_grad_norm)
         self.opt.step()
         self.sched.step()
         n = max(total_tokens, 1)
-        return {"loss": loss_sum, "kl": kl_sum / n, "clip_ratio": clipped / n, "ratio_max_dev": dev, "ok": True}
+        return {
+            "loss": reduce_sum(self.acc, loss_sum),
+            "kl": reduce_sum(self.acc, kl_sum) / n,
+            "clip_ratio": reduce_sum(self.acc, clipped) / n,
+            "ratio_max_dev": max(gather_list(self.acc, [dev])),
+            "ok": True,
+        }
 
     # -- evaluation, checkpoints, the loop --------------------------------------------------------
     def evaluate(self) -> float:
         """Held-out greedy accuracy (text), or the GenEval-style score of sampled images, with a
-        PNG grid of them in samples/ so a person sees what the policy learned."""
-        batch = self.recipe.train.eval_batch_size
-        if self.image_tokenizer is None:
-            return evaluate_accuracy(self.policy, self.tokenizer, self.eval_sampler, self.eval_set, batch, self.device).accuracy
-        scores, images, _ = evaluate_images(
-            self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, self.eval_set, self.eval_metric, batch_size=batch, device=self.device
-        )
-        captions = [e.prompt for e in self.eval_set for _ in range(2)]
-        save_image_grid(images[:48], captions[:48], self.out / "samples" / f"step{self.step:05d}.png")
-        return scores["overall"]
+        PNG grid of them in samples/ so a person sees what the policy learned. Each process
+        scores every world-th example; the records are gathered."""
+        batch, world, rank = self.recipe.train.eval_batch_size, self.acc.num_processes, self.acc.process_index
+        shard = list(range(rank, len(self.eval_set), world))
+        examples = [self.eval_set[i] for i in shard]
+        self.policy.eval()
+        with self.acc.autocast():
+            if self.image_tokenizer is None:
+                result = evaluate_accuracy(self.policy, self.tokenizer, self.eval_sampler, examples, batch, self.device, row_ids=shard)
+                records = gather_list(self.acc, result.records)
+                self._log_samples(text=records[:8])
+                return sum(r["correct"] for r in records) / len(records)
+            per_prompt = 2
+            row_ids = [i * per_prompt + k for i in shard for k in range(per_prompt)]
+            _, images, records = evaluate_images(
+                self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, examples, self.eval_metric, per_prompt, batch, self.device, row_ids=row_ids
+            )
+        from .metrics.geneval import aggregate as geneval_aggregate
+
+        records, images = gather_list(self.acc, records), gather_list(self.acc, images[:48])
+        if self.is_main:
+            captions = [r["prompt"] for r in records]
+            path = self.out / "samples" / f"step{self.step:05d}.png"
+            save_image_grid(images[:48], captions[:48], path)
+            self._log_samples(grid=path)
+        return geneval_aggregate(records)["overall"]
+
+    def _log_samples(self, text: list[dict] | None = None, grid: Path | None = None) -> None:
+        """Sample completions or the image grid to TensorBoard at evaluation steps."""
+        writer = tensorboard_writer(self.acc)
+        if writer is None:
+            return
+        if text:
+            body = "\n\n".join(f"`{r['prompt']}` -> `{r['completion']}` ({'right' if r['correct'] else 'wrong'})" for r in text)
+            writer.add_text("samples", body, self.step)
+        if grid is not None:
+            import numpy as np
+            from PIL import Image
+
+            writer.add_image("samples", np.asarray(Image.open(grid).convert("RGB")), self.step, dataformats="HWC")
 
     def save_checkpoint(self) -> Path:
-        """Atomic: a half-written checkpoint never replaces a good one."""
-        target = self.out / "checkpoint"
-        with atomic_directory(target) as tmp:
-            safetensors.torch.save_model(self.policy, str(tmp / POLICY_FILE))
-            state = {"step": self.step, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "eval_history": self.eval_history}
-            if self.reference is not None:
-                state["reference"] = self.reference.state_dict()
-            torch.save(state, tmp / STATE_FILE)
+        """Atomic: a half-written checkpoint never replaces a good one. Main process only."""
+        target = self.run_dir.checkpoint
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            with atomic_directory(target) as tmp:
+                safetensors.torch.save_model(self.policy, str(tmp / POLICY_FILE))
+                state = {
+                    "step": self.step,
+                    "opt": self.opt.state_dict(),
+                    "sched": self.sched.state_dict(),
+                    "eval_history": self.eval_history,
+                    "world_size": self.acc.num_processes,
+                }
+                if self.reference is not None:
+                    state["reference"] = self.reference.state_dict()
+                torch.save(state, tmp / STATE_FILE)
+        self.acc.wait_for_everyone()
         return target
 
     def load_checkpoint(self) -> None:
-        source = self.out / "checkpoint"
+        source = self.run_dir.checkpoint
         if not (source / STATE_FILE).is_file():
             raise MaskGRPOError(f"--resume: no checkpoint in {source}")
+        state = load_state(source / STATE_FILE, self.device)
+        check_world_size(state, self.acc, source)
         safetensors.torch.load_model(self.policy, str(source / POLICY_FILE), device=str(self.device))
-        try:  # weights_only: a checkpoint is data, and a crafted pickle must not run code on --resume
-            state = torch.load(source / STATE_FILE, map_location=self.device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise MaskGRPOError(f"--resume: {source / STATE_FILE} is not a plain trainer state (refused to load it: {reason[:200]})") from None
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.reference is not None and "reference" in state:
@@ -309,48 +416,44 @@ class GRPOTrainer:
         self.step, self.eval_history = state["step"], state["eval_history"]
 
     def export(self) -> Path:
-        """The trained policy as a loadable model folder (backbone + tokenizer)."""
+        """The trained policy as a loadable model folder (backbone + tokenizer); a LoRA policy is
+        merged into its base first, so `--model runs/NAME/model` loads it like any other."""
         target = self.out / "model"
-        if self.recipe.lora is None and hasattr(self.policy, "save_pretrained"):
-            self.policy.save_pretrained(target)
-        else:
-            with atomic_directory(target) as tmp:
-                safetensors.torch.save_model(self.policy, str(tmp / POLICY_FILE))
-        self.tokenizer.save_pretrained(target)
+        if self.is_main:
+            model = self.policy if self.recipe.lora is None else merged_copy(self.policy)
+            model.save_pretrained(target)
+            self.tokenizer.save_pretrained(target)
+        self.acc.wait_for_everyone()
         return target
 
     def train(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         r = self.recipe
-        if not resume and not overwrite and (self.out / "checkpoint").exists():
-            raise MaskGRPOError(
-                f"{self.out}: holds the checkpoint of an earlier run; continue it with --resume or replace it with --overwrite"
-            )
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "recipe.yaml", r.resolved_yaml())
-        metrics_path = self.out / "metrics.jsonl"
+        self.run_dir.prepare(r.resolved_yaml(), resume, overwrite)
         rows: list[dict[str, Any]] = []
         if resume:
             self.load_checkpoint()
-            rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.exists() else []
-            rows = [x for x in rows if x["step"] <= self.step]
-            print(f"resuming {r.name} from step {self.step}")
-        else:
+            rows = self.run_dir.read_metrics(self.step)
+            if self.is_main:
+                print(f"resuming {r.name} from step {self.step}")
+        elif self.is_main:
             for stale in (self.out / "samples").glob("step*.png"):
                 stale.unlink()  # a fresh run's sample grids must not sit beside an older run's
+        if r.train.report_to:
+            self.acc.init_trackers("tb")
         if not self.eval_set:
-            print(f"no evaluation: task {type(self.task).__name__} has no eval data")
+            if self.is_main:
+                print(f"no evaluation: task {type(self.task).__name__} has no eval data")
         elif not self.eval_history:
             accuracy = self.evaluate()
             self.eval_history.append({"step": 0, self.eval_key: accuracy})
-            print(f"{self.eval_name} before training: {accuracy:.3f} ({len(self.eval_set)} prompts)")
-        atomic_write_text(metrics_path, "".join(json.dumps(x) + "\n" for x in rows))
+            if self.is_main:
+                print(f"{self.eval_name} before training: {accuracy:.3f} ({len(self.eval_set)} prompts)")
 
         started = time.time()
         interrupted = False
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM saves too
         bar = tqdm(total=r.train.steps, initial=self.step, desc=r.name, dynamic_ncols=True, disable=not self.progress)
         try:
-            with metrics_path.open("a") as log:
+            with self.run_dir.metrics_log(rows) as log, StopSignal(self.acc) as stop:
                 while self.step < r.train.steps:
                     row = self.train_step(self.step)
                     self.step += 1
@@ -360,35 +463,41 @@ class GRPOTrainer:
                     if due and self.eval_set:
                         row[self.eval_key] = self.evaluate()
                         self.eval_history.append({"step": self.step, self.eval_key: row[self.eval_key]})
-                        bar.write(f"step {self.step}: {self.eval_name} {row[self.eval_key]:.3f}")
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
+                        if self.is_main:
+                            bar.write(f"step {self.step}: {self.eval_name} {row[self.eval_key]:.3f}")
+                    log(row)
                     bar.update(1)
                     bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}")
                     if r.train.save_every and self.step % r.train.save_every == 0:
                         self.save_checkpoint()
+                    if self.step < r.train.steps and stop.requested():
+                        interrupted = True
+                        break
         except KeyboardInterrupt:
             interrupted = True
         finally:
             bar.close()
-            signal.signal(signal.SIGTERM, previous)
         self.save_checkpoint()
         if interrupted:
-            print(f"interrupted: checkpoint at step {self.step} saved to {self.out / 'checkpoint'}; continue with --resume")
+            if self.is_main:
+                print(f"interrupted: checkpoint at step {self.step} saved to {self.run_dir.checkpoint}; continue with --resume")
+            self.acc.end_training()
             raise KeyboardInterrupt
         self.export()
-        from .report import write_report
+        self.acc.end_training()
+        summary: dict[str, Any] = {"steps": self.step}
+        if self.is_main:
+            from .report import write_report
 
-        summary = write_report(self.out, r, self.eval_history, time.time() - started, self.eval_key, self.eval_name)
-        if not self.eval_history:
-            print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/); no evaluation")
-            return summary
-        before, after = self.eval_history[0][self.eval_key], self.eval_history[-1][self.eval_key]
-        print(f"{self.eval_name}: before {before:.3f} -> after {after:.3f} ({after - before:+.3f})")
-        print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/)")
+            summary = write_report(self.out, r, self.eval_history, time.time() - started, self.eval_key, self.eval_name)
+            if not self.eval_history:
+                print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/); no evaluation")
+                return summary
+            before, after = self.eval_history[0][self.eval_key], self.eval_history[-1][self.eval_key]
+            print(f"{self.eval_name}: before {before:.3f} -> after {after:.3f} ({after - before:+.3f})")
+            print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/)")
         return summary
 
 
 def run_grpo(recipe: Recipe, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     return GRPOTrainer(recipe, progress=progress).train(resume=resume, overwrite=overwrite)
-

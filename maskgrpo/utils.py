@@ -63,3 +63,38 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+class RowGenerators:
+    """One generator per batch row, so a row's random draws do not depend on the rows beside it:
+    a rollout (or a mask) is the same alone, in any batch, and on any process of a distributed
+    run, which is what makes N processes equal one on the same global batch."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = list(generators)
+
+    @classmethod
+    def seeded(cls, seed: int, *keys: int, rows: "list[int] | range | torch.Tensor") -> "RowGenerators":
+        """Row r's generator is make_generator(seed, *keys, r): `rows` are global row indices."""
+        ids = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
+        return cls([make_generator(seed, *keys, r) for r in ids])
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def rand(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if not shape or shape[0] != len(self.generators):
+            raise ValueError(f"RowGenerators: {len(self.generators)} rows cannot draw a tensor of shape {tuple(shape)}")
+        return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in self.generators])
+
+
+Generator = torch.Generator | RowGenerators | None
+
+
+def draw_uniform(shape: tuple[int, ...], generator: Generator, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """U(0, 1) of `shape` on `device`: per row from RowGenerators (shape[0] = rows), else from
+    one generator (the draw then depends on the whole batch's shape)."""
+    if isinstance(generator, RowGenerators):
+        return generator.rand(tuple(shape), dtype).to(device)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(tuple(shape), generator=generator, dtype=dtype, device=gen_device).to(device)

@@ -89,7 +89,7 @@ SEEN = []
 
 @detectors.register("blind_counter")
 class BlindCounter:
-    # sees nothing, counts the images it was shown
+    'Sees nothing; counts the images it was shown.'
     def detect(self, image):
         SEEN.append(image.size)
         return []

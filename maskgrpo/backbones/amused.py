@@ -218,6 +218,9 @@ class AmusedBackbone(nn.Module):
         return self.logits_from_hidden(self.hidden(tokens, attention_mask))
 
     # -- LoRA (diffusers' PEFT integration on the UVit) --------------------------------------------
+    def gradient_checkpointing_enable(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
     def add_adapter(self, config: Any) -> None:
         self.transformer.add_adapter(config)
 

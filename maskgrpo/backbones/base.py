@@ -25,6 +25,18 @@ class Backbone(Protocol):
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
+class TokenScorer(torch.nn.Module):
+    """`token_logprobs` as a module: DDP, FSDP and DeepSpeed wrap what the loss differentiates
+    (calling `backbone.hidden` directly would bypass their hooks)."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, select: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return token_logprobs(self.backbone, inputs, targets, select, attention_mask)
+
+
 def token_logprobs(
     backbone: Backbone,
     inputs: torch.Tensor,

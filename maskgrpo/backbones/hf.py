@@ -86,6 +86,9 @@ class HFMaskedLM(nn.Module):
             return hidden
         return _attr_path(self.model, self.head_path)(hidden)
 
+    def gradient_checkpointing_enable(self) -> None:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # LoRA through transformers' peft integration; the trainer's reference disables the adapter.
     def add_adapter(self, config: Any) -> None:
         self.model.add_adapter(config)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
@@ -55,6 +56,7 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
+        self.gradient_checkpointing = False  # not saved: a training setting, not the model's
         # std 0.02 embeddings: with N(0, 1) the small model ignored positions (DESIGN.md section 7).
         self.apply(self._init_weights)
         trunc_normal_(self.pos, std=0.02)
@@ -89,8 +91,15 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if attention_mask is not None:  # True = may be attended to; [B, 1, 1, L] broadcasts over heads and queries
             attn_mask = attention_mask.bool()[:, None, None, :]
         for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask)
         return self.norm(x)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in the backward pass (same gradients, less memory)."""
+        self.gradient_checkpointing = True
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden)

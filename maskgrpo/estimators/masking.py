@@ -19,7 +19,7 @@ import torch
 from ..errors import MaskGRPOError
 from ..registry import estimators
 from ..samplers.base import Rollout
-from ..utils import make_generator
+from ..utils import Generator, RowGenerators, draw_uniform, make_generator
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Estimator:
         if self.stop_at_eos and eos_token_id is None:
             raise MaskGRPOError("estimator.stop_at_eos: needs a tokenizer with an EOS token")
         completion = rollout.completion
-        gen = make_generator(batch_seed, j)
+        gen = rng(rollout, batch_seed, j)
         parts = self.completion_masks(rollout, j, num_iterations, gen, batch_seed)
         views = []
         for hide, scored in parts:
@@ -91,26 +91,34 @@ class Estimator:
         )
 
     def completion_masks(
-        self, rollout: Rollout, j: int, num_iterations: int, gen: torch.Generator, batch_seed: int
+        self, rollout: Rollout, j: int, num_iterations: int, gen: Generator, batch_seed: int
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (hidden, scored) pairs of iteration j, one masked input each; by default one."""
         return [self.completion_mask(rollout, j, num_iterations, gen, batch_seed)]
 
     def completion_mask(
-        self, rollout: Rollout, j: int, num_iterations: int, gen: torch.Generator, batch_seed: int
+        self, rollout: Rollout, j: int, num_iterations: int, gen: Generator, batch_seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden [B, L], scored [B, L]); by default the loss scores what is hidden."""
         raise NotImplementedError
 
-    def prompt_input(self, rollout: Rollout, gen: torch.Generator, mask_token_id: int) -> torch.Tensor:
+    def prompt_input(self, rollout: Rollout, gen: Generator, mask_token_id: int) -> torch.Tensor:
         return rollout.tokens[:, : rollout.prompt_length]  # the prompt is never masked unless stated
 
     def sequence_weight(self, rollout: Rollout, j: int, num_iterations: int, batch_seed: int) -> torch.Tensor | None:
         return None
 
 
-def _uniform(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(shape, generator=gen, device=gen.device).to(device)
+def rng(rollout: Rollout, batch_seed: int, *keys: int) -> Generator:
+    """The generator for the draws keyed by (batch seed, *keys): one per row when the rollout
+    knows its global row ids (batch- and process-count-invariant masks), else one for the batch."""
+    if rollout.row_ids is not None:
+        return RowGenerators.seeded(batch_seed, *keys, rows=rollout.row_ids)
+    return make_generator(batch_seed, *keys)
+
+
+def _uniform(shape: tuple[int, ...], gen: Generator, device: torch.device) -> torch.Tensor:
+    return draw_uniform(shape, gen, device)
 
 
 def truncated_rate(j: int, num_iterations: int, min_mask_rate: float) -> float:
@@ -186,7 +194,7 @@ class UniGRPOEstimator(Estimator):
 
     def rates(self, rollout: Rollout, j: int, num_iterations: int, batch_seed: int) -> torch.Tensor:
         completion = rollout.completion
-        t1 = _uniform((completion.shape[0], 1), make_generator(batch_seed, -1), completion.device)  # same t_1 for every j
+        t1 = _uniform((completion.shape[0], 1), rng(rollout, batch_seed, -1), completion.device)  # same t_1 for every j
         return t1 + (1 - t1) * (j / max(num_iterations - 1, 1))
 
     def completion_mask(self, rollout, j, num_iterations, gen, batch_seed):
@@ -262,7 +270,7 @@ class ELBOEstimator(Estimator):
     stratified over the iterations, uniform masking at t, sequence weight 1/t."""
 
     def _t(self, rollout: Rollout, j: int, num_iterations: int, batch_seed: int) -> torch.Tensor:
-        u = _uniform((rollout.tokens.shape[0],), make_generator(batch_seed, -2, j), rollout.tokens.device)
+        u = _uniform((rollout.tokens.shape[0],), rng(rollout, batch_seed, -2, j), rollout.tokens.device)
         return ((j + u) / num_iterations).clamp(min=1e-3)
 
     def completion_mask(self, rollout, j, num_iterations, gen, batch_seed):

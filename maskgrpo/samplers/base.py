@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..utils import Generator, draw_uniform
+
 
 @dataclass
 class Rollout:
@@ -20,6 +22,9 @@ class Rollout:
     prompt_length: int  # P
     decode_step: torch.Tensor  # [B, L], in [0, steps)
     attention_mask: torch.Tensor | None = None  # [B, P + L]; False on left padding
+    # [B] global index of each row (set by the trainer): estimators draw each row's masks from
+    # its own generator, so masks do not depend on the batch or the process count
+    row_ids: torch.Tensor | None = None
 
     @property
     def completion(self) -> torch.Tensor:
@@ -27,7 +32,8 @@ class Rollout:
 
     def index(self, rows: torch.Tensor | slice) -> "Rollout":
         mask = None if self.attention_mask is None else self.attention_mask[rows]
-        return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask)
+        ids = None if self.row_ids is None else self.row_ids[rows]
+        return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask, ids)
 
 
 def all_mask_start(
@@ -61,8 +67,9 @@ def guided_logits(
     return unc + (1 + cfg_scale) * (cond - unc)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """A token per row of `logits` [..., V] from softmax(logits / tau); tau = 0 is argmax.
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: Generator) -> torch.Tensor:
+    """A token per position of `logits` [B, ..., V] from softmax(logits / tau); tau = 0 is argmax.
+    With RowGenerators, row b's draws come from its own generator (batch-invariant).
 
     Inverse-CDF sampling with the cumulative sum and the uniform draw in float64 (LLaDA uses
     float64 because a low-precision Gumbel-max is biased; here float32 probabilities err by
@@ -72,17 +79,13 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
     if temperature == 0:
         return logits.argmax(dim=-1)
     cdf = torch.softmax(logits.float() / temperature, dim=-1).double().cumsum(dim=-1)
-    u = torch.rand((*cdf.shape[:-1], 1), generator=generator, dtype=torch.float64, device=_gen_device(generator)).to(cdf.device)
+    u = draw_uniform((*cdf.shape[:-1], 1), generator, cdf.device, torch.float64)
     # right=True: the first token whose cumulative probability exceeds u (never a zero-probability token)
     return torch.searchsorted(cdf, u * cdf[..., -1:], right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
 
 
-def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return torch.rand(shape, generator=generator, device=_gen_device(generator)).to(device)
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
+def uniform(shape: tuple[int, ...], generator: Generator, device: torch.device) -> torch.Tensor:
+    return draw_uniform(shape, generator, device)
 
 
 def top_k_per_row(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

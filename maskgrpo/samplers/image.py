@@ -19,6 +19,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
+from ..utils import Generator
 from .base import Rollout, all_mask_start, guided_logits, sample_tokens, top_k_per_row, uniform
 
 
@@ -58,7 +59,7 @@ class _ImageSampler:
         self,
         backbone: Backbone,
         prompt_tokens: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
         attention_mask: torch.Tensor | None = None,
     ) -> Rollout:
         prompt_length, mask_id = prompt_tokens.shape[1], backbone.mask_token_id
@@ -68,15 +69,14 @@ class _ImageSampler:
             if not masked.any():
                 break
             log_probs = self._log_probs(backbone, x, attn, prompt_length)
-            codes = torch.zeros_like(masked, dtype=torch.long)  # codebook indices, drawn where masked
-            codes[masked] = sample_tokens(log_probs[masked], 1.0, generator)
+            codes = sample_tokens(log_probs, 1.0, generator)  # codebook indices; used where masked
             commit = self._choose(s, masked, log_probs, codes, generator) & masked
             image = x[:, prompt_length:]
             x[:, prompt_length:] = torch.where(commit, codes + self.codebook[0], image)
             decode_step[commit] = s
         return Rollout(x, prompt_length, decode_step, attn)
 
-    def _choose(self, s: int, masked: torch.Tensor, log_probs: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _choose(self, s: int, masked: torch.Tensor, log_probs: torch.Tensor, codes: torch.Tensor, generator: Generator) -> torch.Tensor:
         raise NotImplementedError
 
 

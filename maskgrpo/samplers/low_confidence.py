@@ -14,6 +14,7 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import MaskGRPOError
 from ..registry import samplers
+from ..utils import Generator
 from .base import Rollout, all_mask_start, guided_logits, sample_tokens, top_k_per_row, uniform
 
 
@@ -53,7 +54,7 @@ class LowConfidenceSampler:
         self,
         backbone: Backbone,
         prompt_tokens: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
         attention_mask: torch.Tensor | None = None,
     ) -> Rollout:
         prompt_length, mask_id, device = prompt_tokens.shape[1], backbone.mask_token_id, prompt_tokens.device
@@ -72,18 +73,16 @@ class LowConfidenceSampler:
                     logits[..., mask_id] = float("-inf")  # committing a mask would leave a hole
                     block = x[:, lo:hi]
                     still_masked = block == mask_id
-                    # predictions and confidences only where the block is still masked
-                    candidates = logits[still_masked]
-                    picked = sample_tokens(candidates, self.temperature, generator)
-                    x0 = block.clone()
-                    x0[still_masked] = picked
-                    confidence = torch.full(block.shape, float("-inf"), device=device)
+                    # a draw at every block position (so each row's draws are its own), kept where masked
+                    picked = sample_tokens(logits, self.temperature, generator)
+                    x0 = torch.where(still_masked, picked, block)
                     if self.remasking == "low_confidence":
                         # softmax(logits)[x0] without materialising the softmax: exp(l_x0 - logsumexp(l))
-                        chosen = candidates.gather(-1, picked.unsqueeze(-1)).squeeze(-1).float()
-                        confidence[still_masked] = torch.exp(chosen - torch.logsumexp(candidates.float(), dim=-1))
+                        chosen = logits.gather(-1, picked.unsqueeze(-1)).squeeze(-1).float()
+                        confidence = torch.exp(chosen - torch.logsumexp(logits.float(), dim=-1))
                     else:
-                        confidence[still_masked] = uniform((len(picked),), generator, device)
+                        confidence = uniform(tuple(block.shape), generator, device)
+                    confidence = confidence.masked_fill(~still_masked, float("-inf"))
                     commit = top_k_per_row(confidence, k) & still_masked
                     x[:, lo:hi] = torch.where(commit, x0, block)
                     decode_step[:, lo - prompt_length : hi - prompt_length][commit] = step
