@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import MaskGRPOError, RecipeError, format_validation_error
 from .registry import REGISTRIES, load_entry_point_plugins, load_plugins, load_presets
@@ -70,6 +70,11 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, more time)")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(["tensorboard"], description="trackers beside metrics.jsonl; [] for none")
     accelerate_config: str | None = Field(None, description="the accelerate config this recipe was sized for (relative to the recipe file)")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
 
 class SFTConfig(_Strict):

@@ -183,19 +183,17 @@ class RunDirectory:
 
 def tensorboard_writer(accelerator: Any) -> Any | None:
     """The TensorBoard SummaryWriter when that tracker is on (for images and text), else None."""
-    if not accelerator.is_main_process:
+    if not accelerator.is_main_process or "tensorboard" not in [t.name for t in accelerator.trackers]:
         return None
-    try:
-        return accelerator.get_tracker("tensorboard", unwrap=True)
-    except (ValueError, KeyError, AttributeError):
-        return None
+    return accelerator.get_tracker("tensorboard", unwrap=True)
 
 
 def load_state(path: Path, device: torch.device) -> dict[str, Any]:
     """A trainer state saved with torch.save, loaded as data only: a crafted pickle that would
     run code on `--resume` is refused."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        where = torch.device("cpu") if device.type == "cpu" else device  # gloo ranks report "cpu:N"
+        return torch.load(path, map_location=where, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MaskGRPOError(f"--resume: {path} is not a plain trainer state (refused to load it: {reason[:200]})") from None

@@ -408,7 +408,7 @@ class GRPOTrainer:
             raise MaskGRPOError(f"--resume: no checkpoint in {source}")
         state = load_state(source / STATE_FILE, self.device)
         check_world_size(state, self.acc, source)
-        safetensors.torch.load_model(self.policy, str(source / POLICY_FILE), device=str(self.device))
+        safetensors.torch.load_model(self.policy, str(source / POLICY_FILE), device="cpu" if self.device.type == "cpu" else str(self.device))
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.reference is not None and "reference" in state:

@@ -1,0 +1,108 @@
+"""Several processes through accelerate: 2 CPU processes (gloo, one thread each) equal one process
+on the same global batch, write every file once, resume exactly, and refuse another count.
+
+The runs go through the command users type (`accelerate launch --config_file
+configs/accelerate/cpu-2proc.yaml -m maskgrpo train RECIPE`), so the shipped config is tested too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from maskgrpo.cli import main
+
+from .conftest import REPO, tiny_grpo_recipe
+
+pytestmark = pytest.mark.slow
+
+SEVENS = """
+from maskgrpo.registry import rewards
+
+@rewards.register("count_sevens_dist")
+def count_sevens(prompts, completions, **columns):
+    '''How many 7s a completion has: varies inside every group, so every step updates.'''
+    return [float(c.count("7")) for c in completions]
+"""
+
+
+def launch(*args: str, port: int) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [str(accelerate), "launch", "--config_file", str(REPO / "configs/accelerate/cpu-2proc.yaml"), "--main_process_port", str(port)]
+    return subprocess.run([*cmd, "-m", "maskgrpo", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def recipe(tmp_path: Path, steps: int = 2, **train) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "sevens.py").write_text(SEVENS)
+    return tiny_grpo_recipe(
+        tmp_path,
+        plugins=["sevens.py"],
+        task={"type": "arithmetic", "levels": [1], "n_eval": 6},
+        rewards=[{"type": "count_sevens_dist"}, {"type": "math_accuracy", "weight": 0.5}],
+        grpo={"group_size": 4, "num_iterations": 2, "advantage_std": "batch"},
+        optim={"lr": 3e-3, "grad_accum": 2},
+        train={"steps": steps, "prompts_per_step": 4, "eval_every": 1, "report_to": [], **train},
+    )
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(run / "checkpoint/policy.safetensors"))
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_equal_one_on_the_same_global_batch(tmp_path: Path) -> None:
+    one = recipe(tmp_path / "one")
+    assert main(["train", str(one), "--no-progress"]) == 0
+    two = recipe(tmp_path / "two")
+    done = launch("train", str(two), "--no-progress", port=29531)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(tmp_path / "one/run"), weights(tmp_path / "two/run")
+    start = torch.load(tmp_path / "two/run/checkpoint/trainer_state.pt", weights_only=True)
+    assert start["world_size"] == 2
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    rows_a, rows_b = metrics(tmp_path / "one/run"), metrics(tmp_path / "two/run")
+    assert [r["step"] for r in rows_b] == [1, 2]  # written once, not once per process
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("reward/mean", "reward/count_sevens_dist/mean", "frac_zero_std", "eval/accuracy"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5)
+        assert ra["reward/std"] > 0  # the step really updated
+    assert done.stdout.count("held-out greedy accuracy before training") == 1
+
+
+def test_resume_under_two_processes_equals_an_uninterrupted_run_and_refuses_another_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    straight = recipe(tmp_path / "straight", steps=2, save_every=1)
+    assert launch("train", str(straight), "--no-progress", port=29532).returncode == 0
+    halves = recipe(tmp_path / "halves", steps=2, save_every=1)
+    first = launch("train", str(halves), "--no-progress", "--set", "train.steps=1", port=29533)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert main(["train", str(halves), "--no-progress", "--resume"]) == 2  # one process: refused
+    assert "was written by 2 process(es), this run has 1" in capsys.readouterr().err
+    second = launch("train", str(halves), "--no-progress", "--resume", port=29534)
+    assert second.returncode == 0, second.stderr[-3000:]
+    a, b = weights(tmp_path / "straight/run"), weights(tmp_path / "halves/run")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "straight/run")) == strip(metrics(tmp_path / "halves/run"))
+
+
+def test_prompts_that_do_not_split_over_the_processes_are_refused(tmp_path: Path) -> None:
+    bad = recipe(tmp_path, steps=1)
+    done = launch("train", str(bad), "--no-progress", "--set", "train.prompts_per_step=3", port=29535)
+    assert done.returncode != 0
+    assert "train.prompts_per_step: 3 do not split over 2 processes; use a multiple of 2" in done.stderr
