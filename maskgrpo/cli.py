@@ -46,9 +46,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         recipe = load_clip_recipe(args.recipe, args.set)
     else:
         recipe = _recipe(args)
+    plan = None
     if kind in ("grpo", "sft"):
+        from .planner import plan_recipe
+
         _check_evaluation(recipe)
+        plan = plan_recipe(recipe, args.num_processes, args.prompt_length)  # refuses batches that cannot split
     print(f"{args.recipe}: ok ({recipe.kind} recipe '{recipe.name}')")
+    if plan is not None:
+        print("\n".join(plan.lines()))
     if args.show:
         print(recipe.model_dump_json(indent=2))
     return 0
@@ -76,8 +82,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     if recipe.kind != "sft":
         raise MaskGRPOError(f"{args.recipe}: kind is '{recipe.kind}', `maskgrpo sft` needs an sft recipe")
-    run_sft(recipe)
+    _run_options(args)
+    run_sft(recipe, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
+
+
+def _run_options(args: argparse.Namespace) -> None:
+    if args.resume and args.overwrite:
+        raise MaskGRPOError(f"{args.command}: --resume continues a run and --overwrite replaces it; give one")
 
 
 def cmd_train_vq(args: argparse.Namespace) -> int:
@@ -97,8 +109,7 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import run_grpo
 
-    if args.resume and args.overwrite:
-        raise MaskGRPOError("train: --resume continues a run and --overwrite replaces it; give one")
+    _run_options(args)
     run_grpo(_recipe(args), resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
@@ -145,14 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=func)
         return q
 
-    recipe_parser("check", "validate a recipe (builds nothing heavy)", cmd_check).add_argument("--show", action="store_true", help="print the resolved recipe")
-    recipe_parser("sft", "masked-diffusion supervised training", cmd_sft)
+    def add_run_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint (same process count)")
+        q.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds an earlier run's checkpoint")
+        q.add_argument("--no-progress", action="store_true")
+
+    c = recipe_parser("check", "validate a recipe, print its batch plan and memory estimate (builds nothing heavy)", cmd_check)
+    c.add_argument("--show", action="store_true", help="print the resolved recipe")
+    c.add_argument("--num-processes", type=int, default=None, metavar="N", help="plan for N processes (default: the recipe's accelerate config, else 1)")
+    c.add_argument("--prompt-length", type=int, default=None, metavar="T", help="prompt tokens for the memory estimate (default: max_length - completion, else 256)")
+    add_run_options(recipe_parser("sft", "masked-diffusion supervised training", cmd_sft))
     recipe_parser("train-vq", "train a VQ image tokenizer on shapes renders", cmd_train_vq)
     recipe_parser("train-clip", "train a small open_clip CLIP on shapes renders and prompts", cmd_train_clip)
-    t = recipe_parser("train", "GRPO training", cmd_train)
-    t.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds an earlier run's checkpoint")
-    t.add_argument("--no-progress", action="store_true")
+    add_run_options(recipe_parser("train", "GRPO training", cmd_train))
 
     s = sub.add_parser("sample", help="generate completions from a model preset or folder")
     s.add_argument("--model", required=True, help="preset name or model folder")

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from .errors import MaskGRPOError, RecipeError
 from .recipe import _Strict, read_schema
-from .sft import lr_lambda
+from .runtime import lr_lambda
 from .tokenizers.word import SHAPES_WORDS
 from .utils import atomic_directory, atomic_write_text, resolve_device
 

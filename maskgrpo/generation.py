@@ -134,3 +134,34 @@ def evaluate_images(
     metric.reset()
     metric.update({"images": images, "metadata": rows})
     return metric.compute(), images, metric.records
+
+
+def evaluate_sharded(
+    accelerator,
+    backbone: Backbone,
+    tokenizer: TextTokenizer,
+    image_tokenizer,
+    sampler,
+    examples: list[Example],
+    metric=None,
+    batch_size: int = 128,
+    images_per_prompt: int = 2,
+) -> tuple[float, list[dict], list]:
+    """The in-training evaluation of every program, on any number of processes: each process
+    takes every world-th example (row ids stay global, so samples do not depend on the process
+    count) and the records are gathered. Returns (score, records, up to 48 images on the main
+    process): held-out accuracy for text, the metric's GenEval-style score for images."""
+    from .metrics.geneval import aggregate
+    from .runtime import gather_list
+
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    shard = list(range(rank, len(examples), world))
+    mine = [examples[i] for i in shard]
+    with accelerator.autocast():
+        if image_tokenizer is None:
+            records = gather_list(accelerator, evaluate_accuracy(backbone, tokenizer, sampler, mine, batch_size, device, row_ids=shard).records)
+            return sum(r["correct"] for r in records) / len(records), records, []
+        row_ids = [i * images_per_prompt + k for i in shard for k in range(images_per_prompt)]
+        _, images, records = evaluate_images(backbone, tokenizer, image_tokenizer, sampler, mine, metric, images_per_prompt, batch_size, device, row_ids)
+    records, images = gather_list(accelerator, records), gather_list(accelerator, images[:48])
+    return aggregate(records)["overall"], records, images

@@ -92,7 +92,13 @@ class SFTConfig(_Strict):
         "elbo", description="elbo: LLaDA's 1/t-weighted bound; masked_mean: mean cross-entropy over masked tokens (MaskGIT, for images)"
     )
     save_to: str | None = Field(None, description="also save the trained model (and tokenizer) here")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end or when stopped)")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="after warm-up; cosine decays over `steps`, so a resume with more steps is not exact")
     device: str = "cpu"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    report_to: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
+
+    _yaml_no = field_validator("mixed_precision", mode="before")(lambda cls, v: "no" if v is False else v)
 
 
 class LoraConfig(_Strict):

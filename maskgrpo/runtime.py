@@ -206,3 +206,17 @@ def check_world_size(state: dict[str, Any], accelerator: Any, source: Path) -> N
             f"--resume: {source} was written by {saved} process(es), this run has {accelerator.num_processes}; "
             f"resume with the same process count"
         )
+
+
+def lr_lambda(warmup: int, total: int, schedule: str = "cosine"):
+    """The learning-rate multiplier of every program: linear warm-up, then constant or cosine."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f

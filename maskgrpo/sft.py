@@ -13,21 +13,59 @@ extrapolates away from logits the model never learnt.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
+from typing import Any
 
+import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
 from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer
 from .data import encode_completions, encode_prompts
-from .generation import evaluate_accuracy, evaluate_images
+from .generation import evaluate_sharded
 from .recipe import Recipe
 from .registry import tasks
 from .report import save_image_grid
-from .utils import atomic_write_text, make_generator, resolve_device
+from .runtime import STATE_FILE, RunDirectory, StopSignal, check_world_size, load_state, local_share, lr_lambda, make_accelerator, reduce_sum
+from .utils import Generator, atomic_directory, draw_uniform
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def draw_masks(batch: int, length: int, generator: Generator, t_min: float, prompt_dropout: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(t [B, 1], masked [B, L], prompt dropped [B, 1]) for one batch: per row from RowGenerators,
+    so an example's noise is the same on any process."""
+    t = t_min + (1 - t_min) * draw_uniform((batch, 1), generator, device)
+    masked = draw_uniform((batch, length), generator, device) < t
+    drop = draw_uniform((batch, 1), generator, device) < prompt_dropout if prompt_dropout > 0 else torch.zeros(batch, 1, dtype=torch.bool, device=device)
+    return t, masked, drop
+
+
+class MaskedDiffusionTerms(torch.nn.Module):
+    """(numerator, denominator) of the SFT loss as a module, so DDP wraps what is differentiated:
+    the loss is numerator / denominator, both summed over processes."""
+
+    def __init__(self, backbone: torch.nn.Module, weighting: str = "elbo"):
+        super().__init__()
+        if weighting not in ("elbo", "masked_mean"):
+            raise ValueError(f"weighting must be 'elbo' or 'masked_mean', got {weighting!r}")
+        self.backbone, self.weighting = backbone, weighting
+
+    def forward(self, prompt, prompt_attn, target, t, masked, drop) -> tuple[torch.Tensor, torch.Tensor]:
+        backbone = self.backbone
+        batch, length = target.shape
+        prompt = prompt.masked_fill(drop & prompt_attn.bool(), backbone.mask_token_id)
+        noisy = target.masked_fill(masked, backbone.mask_token_id)
+        tokens = torch.cat([prompt, noisy], dim=1)
+        attn = torch.cat([prompt_attn, torch.ones_like(noisy, dtype=torch.bool)], dim=1)
+        hidden = backbone.hidden(tokens, attn)[:, prompt.shape[1] :]
+        logits = backbone.logits_from_hidden(hidden[masked])
+        ce = torch.nn.functional.cross_entropy(logits.float(), target[masked], reduction="none")
+        if self.weighting == "masked_mean":
+            return ce.sum(), masked.sum().to(ce.dtype)
+        weights = (1.0 / t).expand(batch, length)[masked]
+        return (ce * weights).sum(), torch.tensor(float(batch * length), device=ce.device)
 
 
 def masked_diffusion_loss(
@@ -35,52 +73,31 @@ def masked_diffusion_loss(
     prompt: torch.Tensor,
     prompt_attn: torch.Tensor,
     target: torch.Tensor,
-    generator: torch.Generator,
+    generator: Generator,
     t_min: float,
     prompt_dropout: float = 0.0,
     weighting: str = "elbo",
 ) -> torch.Tensor:
-    batch, length = target.shape
-    t = t_min + (1 - t_min) * torch.rand(batch, 1, generator=generator, device=generator.device).to(target.device)
-    masked = torch.rand(batch, length, generator=generator, device=generator.device).to(target.device) < t
-    if prompt_dropout > 0:
-        drop = torch.rand(batch, 1, generator=generator, device=generator.device).to(target.device) < prompt_dropout
-        prompt = prompt.masked_fill(drop & prompt_attn.bool(), backbone.mask_token_id)
-    noisy = target.masked_fill(masked, backbone.mask_token_id)
-    tokens = torch.cat([prompt, noisy], dim=1)
-    attn = torch.cat([prompt_attn, torch.ones_like(noisy, dtype=torch.bool)], dim=1)
-    hidden = backbone.hidden(tokens, attn)[:, prompt.shape[1] :]
-    logits = backbone.logits_from_hidden(hidden[masked])
-    ce = torch.nn.functional.cross_entropy(logits.float(), target[masked], reduction="none")
-    if weighting == "masked_mean":
-        return ce.sum() / masked.sum().clamp(min=1)
-    if weighting != "elbo":
-        raise ValueError(f"weighting must be 'elbo' or 'masked_mean', got {weighting!r}")
-    weights = (1.0 / t).expand(batch, length)[masked]
-    return (ce * weights).sum() / (batch * length)
+    """The SFT loss of one batch on one process."""
+    t, masked, drop = draw_masks(target.shape[0], target.shape[1], generator, t_min, prompt_dropout, target.device)
+    numerator, denominator = MaskedDiffusionTerms(backbone, weighting)(prompt, prompt_attn, target, t, masked, drop)
+    return numerator / denominator.clamp(min=1)
 
 
-def lr_lambda(warmup: int, total: int, schedule: str = "cosine"):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate greedily on the held-out set, save. Returns the final metrics row.
+    `sft.batch_size` is global: each process trains on its share of every batch."""
+    from .utils import RowGenerators
 
-    return f
-
-
-def run_sft(recipe: Recipe) -> dict:
-    """Train, evaluate greedily on the held-out set, save. Returns the final metrics."""
     cfg = recipe.sft
     assert cfg is not None
     torch.manual_seed(recipe.seed)
-    device = resolve_device(cfg.device)
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.yaml", recipe.resolved_yaml())
+    acc = make_accelerator(cfg.device, cfg.mixed_precision, cfg.report_to, out)
+    device, is_main = acc.device, acc.is_main_process
+    share = local_share(cfg.batch_size, acc, "sft.batch_size")
+    run_dir = RunDirectory(out, acc)
+    run_dir.prepare(recipe.resolved_yaml(), resume, overwrite)
 
     tokenizer = build_tokenizer(recipe.tokenizer)
     image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None
@@ -98,49 +115,95 @@ def run_sft(recipe: Recipe) -> dict:
             return encode_completions(tokenizer, [e.target for e in examples], sampler.gen_length, device)
         return image_tokenizer.encode([e.columns["image"] for e in examples]).to(device) + tokenizer.vocab_size
 
-    def evaluate() -> tuple[str, float]:
+    def evaluate(step: int) -> tuple[str, float]:
+        backbone.eval()
+        score, records, images = evaluate_sharded(acc, backbone, tokenizer, image_tokenizer, eval_sampler, eval_set, eval_metric)
         if image_tokenizer is None:
-            return "eval/accuracy", evaluate_accuracy(backbone, tokenizer, eval_sampler, eval_set, device=device).accuracy
-        scores, images, _ = evaluate_images(backbone, tokenizer, image_tokenizer, eval_sampler, eval_set, eval_metric, device=device)
-        save_image_grid(images[:32], [e.prompt for e in eval_set for _ in range(2)][:32], out / f"samples_step{step + 1}.png")
-        return "eval/geneval", scores["overall"]
+            return "eval/accuracy", score
+        if is_main:
+            save_image_grid(images[:32], [r["prompt"] for r in records][:32], out / f"samples_step{step}.png")
+        return "eval/geneval", score
 
-    opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.schedule))
+    terms, opt = acc.prepare(MaskedDiffusionTerms(backbone, cfg.weighting), optimizer)
+
+    def save_checkpoint(step: int) -> None:
+        acc.wait_for_everyone()
+        if is_main:
+            with atomic_directory(run_dir.checkpoint) as tmp:
+                safetensors.torch.save_model(backbone, str(tmp / WEIGHTS_FILE))
+                torch.save({"step": step, "opt": opt.state_dict(), "sched": sched.state_dict(), "world_size": acc.num_processes}, tmp / STATE_FILE)
+        acc.wait_for_everyone()
+
+    start_step, rows = 0, []
+    if resume:
+        state = load_state(run_dir.checkpoint / STATE_FILE, device)
+        check_world_size(state, acc, run_dir.checkpoint)
+        safetensors.torch.load_model(backbone, str(run_dir.checkpoint / WEIGHTS_FILE), device="cpu" if device.type == "cpu" else str(device))
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_step, rows = state["step"], run_dir.read_metrics(state["step"])
+    if cfg.report_to:
+        acc.init_trackers("tb")
     n_params = sum(p.numel() for p in backbone.parameters())
-    print(f"sft: {n_params / 1e6:.2f} M parameters, {cfg.steps} steps of batch {cfg.batch_size}, {len(eval_set)} held-out problems")
+    if is_main:
+        print(f"sft: {n_params / 1e6:.2f} M parameters, {cfg.steps} steps of batch {cfg.batch_size} on {acc.num_processes} process(es), {len(eval_set)} held-out problems")
 
-    log = (out / "metrics.jsonl").open("w")
-    start = time.time()
-    final: dict = {}
-    bar = tqdm(range(cfg.steps), desc="sft", dynamic_ncols=True)
-    for step in bar:
-        backbone.train()
-        examples = [task.train_example(step * cfg.batch_size + i) for i in range(cfg.batch_size)]
-        prompt, attn = encode_prompts(tokenizer, [e.prompt for e in examples], device)
-        target = targets(examples)
-        loss = masked_diffusion_loss(
-            backbone, prompt, attn, target, make_generator(recipe.seed, step), cfg.min_mask_rate, cfg.prompt_dropout, cfg.weighting
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        row = {"step": step + 1, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - start}
-        last = step + 1 == cfg.steps
-        if ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last) and eval_set:
-            key, value = evaluate()
-            row[key] = value
-            bar.write(f"step {step + 1}: loss {row['loss']:.4f}  {key} {value:.3f}")
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        bar.set_postfix(loss=f"{row['loss']:.3f}")
-        final = row
-    log.close()
-
-    for target_dir in [out / "model"] + ([Path(cfg.save_to)] if cfg.save_to else []):
-        backbone.save_pretrained(target_dir)
-        tokenizer.save_pretrained(target_dir)
-        print(f"saved model and tokenizer to {target_dir}")
+    started = time.time()
+    final: dict[str, Any] = rows[-1] if rows else {}
+    step = start_step
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="sft", dynamic_ncols=True, disable=not (progress and is_main))
+    interrupted = False
+    try:
+        with run_dir.metrics_log(rows) as log, StopSignal(acc) as stop:
+            while step < cfg.steps:
+                backbone.train()
+                examples = [task.train_example(step * cfg.batch_size + i) for i in share]
+                prompt, attn = encode_prompts(tokenizer, [e.prompt for e in examples], device)
+                target = targets(examples)
+                noise = RowGenerators.seeded(recipe.seed, step, rows=share)
+                t, masked, drop = draw_masks(len(examples), target.shape[1], noise, cfg.min_mask_rate, cfg.prompt_dropout, device)
+                with acc.autocast():
+                    numerator, denominator = terms(prompt, attn, target, t, masked, drop)
+                total = max(reduce_sum(acc, denominator.item()), 1.0)
+                loss = numerator / total
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss * acc.num_processes)  # DDP averages gradients; the sum is the global loss's
+                acc.clip_grad_norm_(backbone.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                row = {"step": step, "loss": reduce_sum(acc, loss.item()), "lr": sched.get_last_lr()[0], "seconds": time.time() - started}
+                if ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps) and eval_set:
+                    key, value = evaluate(step)
+                    row[key] = value
+                    if is_main:
+                        bar.write(f"step {step}: loss {row['loss']:.4f}  {key} {value:.3f}")
+                log(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+                final = row
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save_checkpoint(step)
+                if step < cfg.steps and stop.requested():
+                    interrupted = True
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    save_checkpoint(step)
+    if interrupted:
+        acc.end_training()
+        if is_main:
+            print(f"interrupted: checkpoint at step {step} saved to {run_dir.checkpoint}; continue with --resume")
+        raise KeyboardInterrupt
+    if is_main:
+        for target_dir in [out / "model"] + ([Path(cfg.save_to)] if cfg.save_to else []):
+            backbone.save_pretrained(target_dir)
+            tokenizer.save_pretrained(target_dir)
+            print(f"saved model and tokenizer to {target_dir}")
+    acc.wait_for_everyone()
+    acc.end_training()  # last: it also ends the process group
     return final

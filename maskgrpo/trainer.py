@@ -32,7 +32,7 @@ from .components import build_backbone, build_eval_metric, build_sampler, build_
 from .data import encode_prompts
 from .errors import MaskGRPOError
 from .estimators.masking import ELBOEstimator, MaskedView
-from .generation import codes_to_images, evaluate_accuracy, evaluate_images
+from .generation import codes_to_images, evaluate_sharded
 from .grpo import aggregate, group_advantages, grpo_token_loss
 from .recipe import Recipe, validate_components
 from .registry import estimators, tasks
@@ -46,11 +46,11 @@ from .runtime import (
     gather_list,
     load_state,
     local_share,
+    lr_lambda,
     make_accelerator,
     reduce_sum,
     tensorboard_writer,
 )
-from .sft import lr_lambda
 from .tokenizers.base import decode_completion
 from .utils import RowGenerators, atomic_directory, make_generator
 
@@ -341,32 +341,19 @@ class GRPOTrainer:
     # -- evaluation, checkpoints, the loop --------------------------------------------------------
     def evaluate(self) -> float:
         """Held-out greedy accuracy (text), or the GenEval-style score of sampled images, with a
-        PNG grid of them in samples/ so a person sees what the policy learned. Each process
-        scores every world-th example; the records are gathered."""
-        batch, world, rank = self.recipe.train.eval_batch_size, self.acc.num_processes, self.acc.process_index
-        shard = list(range(rank, len(self.eval_set), world))
-        examples = [self.eval_set[i] for i in shard]
+        PNG grid of them in samples/ so a person sees what the policy learned; sharded over the
+        processes."""
         self.policy.eval()
-        with self.acc.autocast():
-            if self.image_tokenizer is None:
-                result = evaluate_accuracy(self.policy, self.tokenizer, self.eval_sampler, examples, batch, self.device, row_ids=shard)
-                records = gather_list(self.acc, result.records)
-                self._log_samples(text=records[:8])
-                return sum(r["correct"] for r in records) / len(records)
-            per_prompt = 2
-            row_ids = [i * per_prompt + k for i in shard for k in range(per_prompt)]
-            _, images, records = evaluate_images(
-                self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, examples, self.eval_metric, per_prompt, batch, self.device, row_ids=row_ids
-            )
-        from .metrics.geneval import aggregate as geneval_aggregate
-
-        records, images = gather_list(self.acc, records), gather_list(self.acc, images[:48])
-        if self.is_main:
-            captions = [r["prompt"] for r in records]
+        score, records, images = evaluate_sharded(
+            self.acc, self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, self.eval_set, self.eval_metric, self.recipe.train.eval_batch_size
+        )
+        if self.image_tokenizer is None:
+            self._log_samples(text=records[:8])
+        elif self.is_main:
             path = self.out / "samples" / f"step{self.step:05d}.png"
-            save_image_grid(images[:48], captions[:48], path)
+            save_image_grid(images[:48], [r["prompt"] for r in records][:48], path)
             self._log_samples(grid=path)
-        return geneval_aggregate(records)["overall"]
+        return score
 
     def _log_samples(self, text: list[dict] | None = None, grid: Path | None = None) -> None:
         """Sample completions or the image grid to TensorBoard at evaluation steps."""

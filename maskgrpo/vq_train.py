@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .recipe import Spec, _Strict, read_schema
 from .registry import load_presets, tokenizers
-from .sft import lr_lambda
+from .runtime import lr_lambda
 from .utils import atomic_write_text
 
 

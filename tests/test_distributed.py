@@ -106,3 +106,49 @@ def test_prompts_that_do_not_split_over_the_processes_are_refused(tmp_path: Path
     done = launch("train", str(bad), "--no-progress", "--set", "train.prompts_per_step=3", port=29535)
     assert done.returncode != 0
     assert "train.prompts_per_step: 3 do not split over 2 processes; use a multiple of 2" in done.stderr
+
+
+def sft_recipe(tmp_path: Path, **sft) -> Path:
+    import yaml
+
+    recipe = {
+        "kind": "sft",
+        "name": "tiny-sft",
+        "output_dir": str(tmp_path / "run"),
+        "backbone": {"type": "transformer", "max_length": 16, "d_model": 32, "n_layers": 1, "n_heads": 2},
+        "tokenizer": {"type": "char"},
+        "task": {"type": "arithmetic", "levels": [1], "n_eval": 6},
+        "sampler": {"type": "low_confidence", "gen_length": 8, "block_length": 8, "steps": 8},
+        "sft": {"steps": 3, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 2, "report_to": [], "weighting": "masked_mean", **sft},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_two_process_sft_equals_one_and_resumes(tmp_path: Path) -> None:
+    """SFT is data-parallel the same way: a global batch split by rank, the loss normalised over
+    both shares; resume under 2 processes continues exactly."""
+    assert main(["sft", str(sft_recipe(tmp_path / "one")), "--no-progress"]) == 0
+    done = launch("sft", str(sft_recipe(tmp_path / "two")), "--no-progress", port=29536)
+    assert done.returncode == 0, done.stderr[-3000:]
+    load = lambda run: safetensors.torch.load_file(str(run / "checkpoint/model.safetensors"))  # noqa: E731
+    a, b = load(tmp_path / "one/run"), load(tmp_path / "two/run")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    rows_a, rows_b = metrics(tmp_path / "one/run"), metrics(tmp_path / "two/run")
+    assert [r["step"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5)
+    assert rows_a[1]["eval/accuracy"] == rows_b[1]["eval/accuracy"]
+    halves = sft_recipe(tmp_path / "halves", schedule="constant")  # cosine decays over the total: not exact
+    straight = sft_recipe(tmp_path / "straight", schedule="constant")
+    assert launch("sft", str(straight), "--no-progress", port=29539).returncode == 0
+    b = load(tmp_path / "straight/run")
+    assert launch("sft", str(halves), "--no-progress", "--set", "sft.steps=2", port=29537).returncode == 0
+    again = launch("sft", str(halves), "--no-progress", "--resume", port=29538)
+    assert again.returncode == 0, again.stderr[-3000:]
+    c = load(tmp_path / "halves/run")
+    for k in b:
+        assert torch.equal(b[k], c[k]), k
