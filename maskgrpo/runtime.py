@@ -148,6 +148,35 @@ class RunDirectory:
         if self.is_main:
             atomic_write_text(self.path / "recipe.yaml", recipe_yaml)
 
+    def save(self, modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
+        """Atomic checkpoint: each module's weights as `<name>.safetensors` beside the trainer
+        state (optimizer, scheduler, step, process count); a half-written checkpoint never
+        replaces a good one. Every process calls it; the main one writes."""
+        import safetensors.torch
+
+        from .utils import atomic_directory
+
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            with atomic_directory(self.checkpoint) as tmp:
+                for name, module in modules.items():
+                    safetensors.torch.save_model(module, str(tmp / f"{name}.safetensors"))
+                torch.save({**state, "world_size": self.accelerator.num_processes}, tmp / STATE_FILE)
+        self.accelerator.wait_for_everyone()
+
+    def load(self, modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
+        """The checkpoint's weights into `modules`; returns the trainer state (data only)."""
+        import safetensors.torch
+
+        if not (self.checkpoint / STATE_FILE).is_file():
+            raise MaskGRPOError(f"--resume: no checkpoint in {self.checkpoint}")
+        device = self.accelerator.device
+        state = load_state(self.checkpoint / STATE_FILE, device)
+        check_world_size(state, self.accelerator, self.checkpoint)
+        for name, module in modules.items():
+            safetensors.torch.load_model(module, str(self.checkpoint / f"{name}.safetensors"), device="cpu" if device.type == "cpu" else str(device))
+        return state
+
     def read_metrics(self, up_to_step: int) -> list[dict[str, Any]]:
         """Rows of metrics.jsonl up to a step; a torn last line (a crash mid-write) is dropped."""
         path = self.path / "metrics.jsonl"

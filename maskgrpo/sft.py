@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
@@ -27,10 +26,9 @@ from .generation import evaluate_sharded
 from .recipe import Recipe
 from .registry import tasks
 from .report import save_image_grid
-from .runtime import STATE_FILE, RunDirectory, StopSignal, check_world_size, load_state, local_share, lr_lambda, make_accelerator, reduce_sum
-from .utils import Generator, atomic_directory, draw_uniform
+from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum
+from .utils import Generator, draw_uniform
 
-WEIGHTS_FILE = "model.safetensors"
 
 
 def draw_masks(batch: int, length: int, generator: Generator, t_min: float, prompt_dropout: float, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -129,18 +127,11 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
     terms, opt = acc.prepare(MaskedDiffusionTerms(backbone, cfg.weighting), optimizer)
 
     def save_checkpoint(step: int) -> None:
-        acc.wait_for_everyone()
-        if is_main:
-            with atomic_directory(run_dir.checkpoint) as tmp:
-                safetensors.torch.save_model(backbone, str(tmp / WEIGHTS_FILE))
-                torch.save({"step": step, "opt": opt.state_dict(), "sched": sched.state_dict(), "world_size": acc.num_processes}, tmp / STATE_FILE)
-        acc.wait_for_everyone()
+        run_dir.save({"model": backbone}, {"step": step, "opt": opt.state_dict(), "sched": sched.state_dict()})
 
     start_step, rows = 0, []
     if resume:
-        state = load_state(run_dir.checkpoint / STATE_FILE, device)
-        check_world_size(state, acc, run_dir.checkpoint)
-        safetensors.torch.load_model(backbone, str(run_dir.checkpoint / WEIGHTS_FILE), device="cpu" if device.type == "cpu" else str(device))
+        state = run_dir.load({"model": backbone})
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start_step, rows = state["step"], run_dir.read_metrics(state["step"])

@@ -23,7 +23,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
-import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
@@ -39,12 +38,9 @@ from .registry import estimators, tasks
 from .report import save_image_grid
 from .rewards.combine import RewardSet, finite
 from .runtime import (
-    STATE_FILE,
     RunDirectory,
     StopSignal,
-    check_world_size,
     gather_list,
-    load_state,
     local_share,
     lr_lambda,
     make_accelerator,
@@ -52,10 +48,7 @@ from .runtime import (
     tensorboard_writer,
 )
 from .tokenizers.base import decode_completion
-from .utils import RowGenerators, atomic_directory, make_generator
-
-POLICY_FILE = "policy.safetensors"
-
+from .utils import RowGenerators, make_generator
 
 def apply_lora(backbone: Any, lora: Any) -> Any:
     """Attach a LoRA adapter through the `add_adapter` API that diffusers and transformers models
@@ -370,32 +363,14 @@ class GRPOTrainer:
             writer.add_image("samples", np.asarray(Image.open(grid).convert("RGB")), self.step, dataformats="HWC")
 
     def save_checkpoint(self) -> Path:
-        """Atomic: a half-written checkpoint never replaces a good one. Main process only."""
-        target = self.run_dir.checkpoint
-        self.acc.wait_for_everyone()
-        if self.is_main:
-            with atomic_directory(target) as tmp:
-                safetensors.torch.save_model(self.policy, str(tmp / POLICY_FILE))
-                state = {
-                    "step": self.step,
-                    "opt": self.opt.state_dict(),
-                    "sched": self.sched.state_dict(),
-                    "eval_history": self.eval_history,
-                    "world_size": self.acc.num_processes,
-                }
-                if self.reference is not None:
-                    state["reference"] = self.reference.state_dict()
-                torch.save(state, tmp / STATE_FILE)
-        self.acc.wait_for_everyone()
-        return target
+        state = {"step": self.step, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "eval_history": self.eval_history}
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
+        self.run_dir.save({"policy": self.policy}, state)
+        return self.run_dir.checkpoint
 
     def load_checkpoint(self) -> None:
-        source = self.run_dir.checkpoint
-        if not (source / STATE_FILE).is_file():
-            raise MaskGRPOError(f"--resume: no checkpoint in {source}")
-        state = load_state(source / STATE_FILE, self.device)
-        check_world_size(state, self.acc, source)
-        safetensors.torch.load_model(self.policy, str(source / POLICY_FILE), device="cpu" if self.device.type == "cpu" else str(self.device))
+        state = self.run_dir.load({"policy": self.policy})
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.reference is not None and "reference" in state:
