@@ -95,7 +95,8 @@ def _run_options(args: argparse.Namespace) -> None:
 def cmd_train_vq(args: argparse.Namespace) -> int:
     from .vq_train import load_vq_recipe, train_vq
 
-    train_vq(load_vq_recipe(args.recipe, args.set))
+    _run_options(args)
+    train_vq(load_vq_recipe(args.recipe, args.set), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
 
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-processes", type=int, default=None, metavar="N", help="plan for N processes (default: the recipe's accelerate config, else 1)")
     c.add_argument("--prompt-length", type=int, default=None, metavar="T", help="prompt tokens for the memory estimate (default: max_length - completion, else 256)")
     add_run_options(recipe_parser("sft", "masked-diffusion supervised training", cmd_sft))
-    recipe_parser("train-vq", "train a VQ image tokenizer on shapes renders", cmd_train_vq)
+    add_run_options(recipe_parser("train-vq", "train a VQ image tokenizer on shapes renders", cmd_train_vq))
     recipe_parser("train-clip", "train a small open_clip CLIP on shapes renders and prompts", cmd_train_clip)
     add_run_options(recipe_parser("train", "GRPO training", cmd_train))
 

@@ -7,25 +7,25 @@ schema (`kind: vq`): `maskgrpo train-vq recipes/shapes-vq.yaml`.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+import yaml
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from .recipe import Spec, _Strict, read_schema
 from .registry import load_presets, tokenizers
-from .runtime import lr_lambda
-from .utils import atomic_write_text
+from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum
+from .utils import make_generator
 
 
 class VQTrainConfig(_Strict):
     steps: int = Field(1500, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="global: each process renders and trains on its share")
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
     eval_every: int = Field(500, ge=0)
@@ -33,6 +33,12 @@ class VQTrainConfig(_Strict):
     restart_dead_codes_every: int = Field(
         100, ge=0, description="every this many steps, codes no batch picked since the last check move onto encoder outputs (0: never)"
     )
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end or when stopped)")
+    device: str = "cpu"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    report_to: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
+
+    _yaml_no = field_validator("mixed_precision", mode="before")(lambda cls, v: "no" if v is False else v)
 
 
 class VQRecipe(_Strict):
@@ -93,56 +99,120 @@ def restart_dead_codes(quantizer: torch.nn.Module, latents: torch.Tensor, used: 
     return n
 
 
-def train_vq(recipe: VQRecipe) -> dict[str, Any]:
+class VQLoss(torch.nn.Module):
+    """Reconstruction + codebook loss of a batch as a module, so DDP wraps what is differentiated;
+    also returns the latents and code indices that dead-code restarts need."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latents = self.model.encode(x).latents
+        quant, vq_loss, (_, _, indices) = self.model.quantize(latents)
+        recon = self.model.decode(quant, force_not_quantize=True).sample
+        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + vq_loss.mean()
+        return loss, latents, indices
+
+
+def step_renders(seed: int, step: int, indices: range, size: int) -> list[Any]:
+    """The renders of batch `step`, example i from its own seeded stream: the same whichever
+    process draws it, and the same after `--resume`."""
+    return [render_batch(random.Random(seed * 1_000_003 + step * 65_537 + i), 1, size)[0][0] for i in indices]
+
+
+def train_vq(recipe: VQRecipe, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    from accelerate.utils import broadcast
+
     torch.manual_seed(recipe.seed)
     cfg = recipe.train
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.yaml", json.dumps(recipe.model_dump(mode="json"), indent=2))
+    acc = make_accelerator(cfg.device, cfg.mixed_precision, cfg.report_to, out)
+    is_main = acc.is_main_process
+    share = local_share(cfg.batch_size, acc, "train.batch_size")
+    run_dir = RunDirectory(out, acc)
+    run_dir.prepare(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), resume, overwrite)
     tokenizer = tokenizers.build(recipe.tokenizer, where="tokenizer")
-    model = tokenizer.model
+    model = tokenizer.model.to(acc.device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
-    rng = random.Random(recipe.seed)
-    print(f"vq: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {cfg.steps} steps of batch {cfg.batch_size}")
-    log = (out / "metrics.jsonl").open("w")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.steps))
+    vq_loss, opt = acc.prepare(VQLoss(model), optimizer)
+    codebook = model.quantize.embedding.weight
+    used = torch.zeros(model.quantize.embedding.num_embeddings, dtype=torch.bool, device=acc.device)
+    step, rows = 0, []
+    if resume:
+        state = run_dir.load({"model": model})
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        used = state["used"].to(acc.device)
+        step, rows = state["step"], run_dir.read_metrics(state["step"])
+    if cfg.report_to:
+        acc.init_trackers("tb")
+    if is_main:
+        print(f"vq: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {cfg.steps} steps of batch {cfg.batch_size} on {acc.num_processes} process(es)")
+
+    def save() -> None:
+        run_dir.save({"model": model}, {"step": step, "opt": opt.state_dict(), "sched": sched.state_dict(), "used": used.cpu()})
+
     start = time.time()
-    row: dict[str, Any] = {}
-    used = torch.zeros(model.quantize.embedding.num_embeddings, dtype=torch.bool)
-    restart_generator = torch.Generator().manual_seed(recipe.seed)
-    for step in tqdm(range(cfg.steps), desc="vq", dynamic_ncols=True):
-        images, _ = render_batch(rng, cfg.batch_size, recipe.image_size)
-        x = tokenizer.to_tensor(images) * 2 - 1
-        latents = model.encode(x).latents
-        quant, vq_loss, (_, _, indices) = model.quantize(latents)
-        used[indices.flatten()] = True
-        recon = model.decode(quant, force_not_quantize=True).sample
-        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + vq_loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        row = {"step": step + 1, "loss": loss.item(), "seconds": time.time() - start}
-        # no restarts in the last tenth: let the moved codes settle before the final evaluation
-        every = cfg.restart_dead_codes_every
-        if every and (step + 1) % every == 0:
-            if step + 1 <= 0.9 * cfg.steps:
-                row["codes/restarted"] = restart_dead_codes(model.quantize, latents, used, restart_generator)
-            row["codes/used"] = int(used.sum())
-            used.zero_()
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
-            model.eval()
-            row["eval/agreement"] = reconstruction_agreement(tokenizer, cfg.eval_images, recipe.image_size)
-            model.train()
-            codes = f"  codes used since the last check {row['codes/used']}" if "codes/used" in row else ""
-            tqdm.write(f"step {step + 1}: loss {row['loss']:.4f}  detector agreement on reconstructions {row['eval/agreement']:.3f}{codes}")
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-    log.close()
+    row: dict[str, Any] = rows[-1] if rows else {}
+    bar = tqdm(total=cfg.steps, initial=step, desc="vq", dynamic_ncols=True, disable=not (progress and is_main))
+    interrupted = False
+    try:
+        with run_dir.metrics_log(rows) as log, StopSignal(acc) as stop:
+            while step < cfg.steps:
+                x = tokenizer.to_tensor(step_renders(recipe.seed, step, share, recipe.image_size)).to(acc.device) * 2 - 1
+                with acc.autocast():
+                    loss, latents, indices = vq_loss(x)
+                used[indices.flatten()] = True
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)  # equal shares: DDP's mean over processes is the global batch mean
+                acc.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                row = {"step": step, "loss": reduce_sum(acc, loss.item()) / acc.num_processes, "seconds": time.time() - start}
+                # no restarts in the last tenth: let the moved codes settle before the final evaluation
+                every = cfg.restart_dead_codes_every
+                if every and step % every == 0:
+                    used = acc.reduce(used.float(), reduction="sum") > 0 if acc.num_processes > 1 else used
+                    if step <= 0.9 * cfg.steps:
+                        # the main process picks the new codes; every process takes its codebook
+                        row["codes/restarted"] = restart_dead_codes(model.quantize, latents, used, make_generator(recipe.seed, step))
+                        if acc.num_processes > 1:
+                            with torch.no_grad():
+                                codebook.copy_(broadcast(codebook.detach().clone(), from_process=0))
+                    row["codes/used"] = int(used.sum())
+                    used = torch.zeros_like(used)
+                if is_main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                    model.eval()
+                    row["eval/agreement"] = reconstruction_agreement(tokenizer, cfg.eval_images, recipe.image_size)
+                    model.train()
+                    codes = f"  codes used since the last check {row['codes/used']}" if "codes/used" in row else ""
+                    bar.write(f"step {step}: loss {row['loss']:.4f}  detector agreement on reconstructions {row['eval/agreement']:.3f}{codes}")
+                log(row)
+                bar.update(1)
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save()
+                if step < cfg.steps and stop.requested():
+                    interrupted = True
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    save()
+    if interrupted:
+        acc.end_training()
+        if is_main:
+            print(f"interrupted: checkpoint at step {step} saved to {run_dir.checkpoint}; continue with --resume")
+        raise KeyboardInterrupt
     model.eval()
-    for target in [out / "tokenizer"] + ([Path(recipe.save_to)] if recipe.save_to else []):
-        tokenizer.save_pretrained(target)
-        print(f"saved the VQ tokenizer to {target}")
+    if is_main:
+        for target in [out / "model"] + ([Path(recipe.save_to)] if recipe.save_to else []):
+            tokenizer.save_pretrained(target)
+            print(f"saved the VQ tokenizer to {target}")
+    acc.wait_for_everyone()
+    acc.end_training()
     return row
