@@ -222,8 +222,10 @@ class GRPOTrainer:
         # recipe keeps it) and one precision, so the importance ratio is exactly 1 before the
         # first update.
         self.policy.train()
+        # They are computed in the loss's micro-batches: the same shapes give bit-equal numbers,
+        # and the peak memory of this pass is that of one micro-batch, not of the whole view.
         with torch.no_grad(), self.acc.autocast():
-            old = [self._logprobs(self.scorer, v, v.of_rollout(rollout.tokens)) for v in views]
+            old = [self._chunked_logprobs(self.scorer, v, v.of_rollout(rollout.tokens)) for v in views]
             ref = [self._ref_logprobs(v, v.of_rollout(rollout.tokens)) for v in views] if cfg.beta > 0 else [None] * len(views)
 
         # 4. mu inner updates, each over all micro-batches (every rate used exactly once).
@@ -252,9 +254,17 @@ class GRPOTrainer:
         attn = None if view.attention_mask is None else view.attention_mask[rows]
         return scorer(view.tokens[rows], targets[rows], view.loss_mask[rows], attn)
 
+    def _micro_batches(self, rows: int) -> list[slice]:
+        """The `optim.grad_accum` row slices of a view (every process has the same number)."""
+        chunk = math.ceil(rows / self.recipe.optim.grad_accum)
+        return [slice(lo, min(lo + chunk, rows)) for lo in range(0, rows, chunk)]
+
+    def _chunked_logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._logprobs(scorer, view, targets, rows) for rows in self._micro_batches(targets.shape[0])])
+
     def _ref_logprobs(self, view: MaskedView, targets: torch.Tensor) -> torch.Tensor:
         with self._reference() as model:
-            return self._logprobs(TokenScorer(model), view, targets)
+            return self._chunked_logprobs(TokenScorer(model), view, targets)
 
     @contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -287,16 +297,15 @@ class GRPOTrainer:
         offsets = torch.cat([tokens_per_row.new_zeros(1), tokens_per_row.cumsum(0)])
         tokens_per_sequence = torch.zeros(n_sequences, dtype=tokens_per_row.dtype, device=tokens_per_row.device).index_add_(0, sequence, tokens_per_row)
         total_tokens = int(reduce_sum(self.acc, int(offsets[-1])))
-        total_sequences, total_rows = n_sequences * world, targets.shape[0]
-        chunk = math.ceil(total_rows / o.grad_accum)
-        starts = list(range(0, total_rows, chunk))
+        total_sequences = n_sequences * world
+        micro_batches = self._micro_batches(targets.shape[0])
         self.opt.zero_grad(set_to_none=True)
         loss_sum = kl_sum = clipped = dev = 0.0
-        for lo in starts:
-            rows = slice(lo, min(lo + chunk, total_rows))
+        for rows in micro_batches:
+            lo = rows.start
             span = slice(int(offsets[rows.start]), int(offsets[rows.stop]))
             # every process runs every micro-batch (an empty one too): gradients sync on the last
-            sync = nullcontext() if lo == starts[-1] else self.acc.no_sync(self.trained_scorer)
+            sync = nullcontext() if rows is micro_batches[-1] else self.acc.no_sync(self.trained_scorer)
             with sync, self.acc.autocast():
                 logp = self._logprobs(self.trained_scorer, view, targets, rows)
                 row_of_token = view.loss_mask[rows].nonzero()[:, 0] + lo

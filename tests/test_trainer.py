@@ -144,6 +144,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path, loss_agg: s
         initial = params(trainer)
         row = trainer.train_step(0)
         assert row["frac_zero_std"] < 1
+        assert row["ratio/first_max_dev"] == 0.0  # old log-probs come from the same micro-batches
         assert any(not torch.equal(initial[k], v) for k, v in params(trainer).items())
         grads.append({n: p.grad.clone() for n, p in trainer.policy.named_parameters()})
     for other in grads[1:]:
