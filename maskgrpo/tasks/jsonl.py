@@ -46,18 +46,22 @@ class JsonlTask:
         n_eval: int = 256,
         seed: int = 0,
         row_column: str | None = None,
+        eval_prompt_field: str | None = None,
+        eval_answer_field: str | None = None,
     ):
         if "{prompt}" not in prompt_template:
             raise MaskGRPOError("task.prompt_template: must contain {prompt}")
         self.template, self.n_eval, self.row_column = prompt_template, n_eval, row_column
+        # the eval file may name its fields differently (GSM8K's question/answer vs MATH's problem/answer)
         self.fields = (prompt_field, answer_field)
-        self.train_rows = read_rows(train_path, prompt_field, answer_field)
-        self.eval_rows = read_rows(eval_path, prompt_field, answer_field) if eval_path else []
+        self.eval_fields = (eval_prompt_field or prompt_field, eval_answer_field if eval_answer_field is not None else answer_field)
+        self.train_rows = read_rows(train_path, *self.fields)
+        self.eval_rows = read_rows(eval_path, *self.eval_fields) if eval_path else []
         self.order = list(range(len(self.train_rows)))
         random.Random(seed).shuffle(self.order)
 
-    def _example(self, row: dict) -> Example:
-        prompt, answer = self.fields
+    def _example(self, row: dict, fields: tuple[str, str | None] | None = None) -> Example:
+        prompt, answer = fields or self.fields
         # str.replace, not str.format: templates hold LaTeX braces such as \boxed{}
         gold = "" if answer is None else str(row[answer])
         columns = {} if self.row_column is None else {self.row_column: row}
@@ -67,4 +71,4 @@ class JsonlTask:
         return self._example(self.train_rows[self.order[index % len(self.order)]])
 
     def eval_examples(self) -> list[Example]:
-        return [self._example(r) for r in self.eval_rows[: self.n_eval]]
+        return [self._example(r, self.eval_fields) for r in self.eval_rows[: self.n_eval]]
