@@ -103,7 +103,8 @@ def cmd_train_vq(args: argparse.Namespace) -> int:
 def cmd_train_clip(args: argparse.Namespace) -> int:
     from .clip_train import load_clip_recipe, train_clip
 
-    train_clip(load_clip_recipe(args.recipe, args.set))
+    _run_options(args)
+    train_clip(load_clip_recipe(args.recipe, args.set), resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
 
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt-length", type=int, default=None, metavar="T", help="prompt tokens for the memory estimate (default: max_length - completion, else 256)")
     add_run_options(recipe_parser("sft", "masked-diffusion supervised training", cmd_sft))
     add_run_options(recipe_parser("train-vq", "train a VQ image tokenizer on shapes renders", cmd_train_vq))
-    recipe_parser("train-clip", "train a small open_clip CLIP on shapes renders and prompts", cmd_train_clip)
+    add_run_options(recipe_parser("train-clip", "train a small open_clip CLIP on shapes renders and prompts", cmd_train_clip))
     add_run_options(recipe_parser("train", "GRPO training", cmd_train))
 
     s = sub.add_parser("sample", help="generate completions from a model preset or folder")

@@ -30,7 +30,11 @@ the true caption (`image_acc`, what a GRPO group compares), and the mean score g
 model, 1,500 steps): count, colour and class near 1.0 with gaps of 30-50 points, also on VQ
 reconstructions; `side` (left/right/above/below) stays at chance, as for large CLIPs.
 
-`maskgrpo train-clip recipes/shapes-clip.yaml` (recipe schema: `ClipRecipe`, `kind: clip`).
+`maskgrpo train-clip recipes/shapes-clip.yaml` (recipe schema: `ClipRecipe`, `kind: clip`) writes the
+run directory every program writes (`runtime.RunDirectory`: `recipe.yaml`, `metrics.jsonl`,
+TensorBoard events, `checkpoint/`, `model/`); `--resume` continues exactly, since each step's batch
+is a function of (seed, step). It runs on one process: the loss contrasts each image with every
+caption of the whole batch, so a launch with more processes is refused rather than sharded.
 """
 
 from __future__ import annotations
@@ -48,14 +52,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+import yaml
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from .errors import MaskGRPOError, RecipeError
 from .recipe import _Strict, read_schema
-from .runtime import lr_lambda
+from .runtime import RunDirectory, StopSignal, lr_lambda, make_accelerator
 from .tokenizers.word import SHAPES_WORDS
-from .utils import atomic_directory, atomic_write_text, resolve_device
+from .utils import atomic_directory, atomic_write_text
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")  # ids 0, 1, 2
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -103,7 +108,13 @@ class ClipTrainConfig(_Strict):
     init_logit_scale: float = Field(math.log(1 / 0.07), le=MAX_LOGIT_SCALE, description="log of the initial inverse temperature")
     eval_every: int = Field(250, ge=0, description="0: evaluate only at the end")
     eval_scenes: int = Field(150, ge=1, description="held-out scenes, each with every applicable wrong kind")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate after the warm-up")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end or when stopped)")
     device: str = "cpu"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    report_to: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
+
+    _yaml_no = field_validator("mixed_precision", mode="before")(lambda cls, v: "no" if v is False else v)
 
 
 class ClipRecipe(_Strict):
@@ -474,66 +485,114 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_clip(recipe: ClipRecipe, progress: bool = True) -> dict[str, Any]:
+def step_batch(recipe: ClipRecipe, step: int) -> tuple[list[Any], list[str]]:
+    """The images and captions of batch `step`, drawn from a stream of their own named by
+    (seed, step): the same after `--resume` as in an uninterrupted run. (A string seed: it
+    cannot coincide with the held-out set's integer seed.)"""
+    cfg = recipe.train
+    rng = random.Random(f"clip-train:{recipe.seed}:{step}")
+    return training_batch(rng, cfg.batch_size, recipe.image_size, cfg.hard_negatives, cfg.wrong_kind_weights, cfg.tag_weights)
+
+
+def train_clip(recipe: ClipRecipe, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)
     cfg, mcfg = recipe.train, recipe.model
-    device = resolve_device(cfg.device)
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.yaml", json.dumps(recipe.model_dump(mode="json"), indent=2))
-    model, preprocess, tokenizer = build_clip(mcfg, device)
+    acc = make_accelerator(cfg.device, cfg.mixed_precision, cfg.report_to, out)
+    if acc.num_processes > 1:
+        # each image is contrasted with every caption of the global batch: sharding the batch
+        # would train each process on a different, smaller objective than one process does
+        raise MaskGRPOError(
+            f"train-clip: the contrastive loss over the whole batch runs on one process; "
+            f"this launch has {acc.num_processes}, start it without accelerate launch/torchrun"
+        )
+    run_dir = RunDirectory(out, acc)
+    run_dir.prepare(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), resume, overwrite)
+    model, preprocess, tokenizer = build_clip(mcfg, acc.device)
     with torch.no_grad():
         model.logit_scale.fill_(cfg.init_logit_scale)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
-    rng = random.Random(recipe.seed)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.schedule))
+    model, opt = acc.prepare(model, optimizer)
+    step, rows = 0, []
+    if resume:
+        state = run_dir.load({"model": model})
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, rows = state["step"], run_dir.read_metrics(state["step"])
+    if cfg.report_to:
+        acc.init_trackers("tb")
     held_out = eval_set(cfg.eval_scenes, recipe.image_size, seed=recipe.seed + 1_000_003)
     print(
         f"clip: {n_params / 1e6:.2f} M parameters ({mcfg.timm_model_name} vision tower), "
         f"{cfg.steps} steps of {cfg.batch_size} scenes{'' if cfg.hard_negatives == 'none' else f' + their wrong variants ({cfg.hard_negatives})'}"
+        + (f", resuming after step {step}" if resume else "")
     )
-    log = (out / "metrics.jsonl").open("w")
+
+    def save() -> None:
+        run_dir.save({"model": model}, {"step": step, "opt": opt.state_dict(), "sched": sched.state_dict()})
+
     start = time.time()
-    row: dict[str, Any] = {}
-    for step in tqdm(range(cfg.steps), desc="clip", dynamic_ncols=True, disable=not progress):
-        images, captions = training_batch(rng, cfg.batch_size, recipe.image_size, cfg.hard_negatives, cfg.wrong_kind_weights, cfg.tag_weights)
-        unique = list(dict.fromkeys(captions))
-        index = {c: i for i, c in enumerate(unique)}
-        pixels = torch.stack([preprocess(im) for im in images]).to(device)
-        tokens = tokenizer(unique).to(device)
-        target = torch.tensor([index[c] for c in captions], device=device)
-        loss = clip_loss(model, pixels, tokens, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        row = {
-            "step": step + 1,
-            "loss": loss.item(),
-            "logit_scale": model.logit_scale.exp().item(),
-            "lr": sched.get_last_lr()[0],
-            "seconds": time.time() - start,
-        }
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
-            row.update(evaluate_clip(model, preprocess, tokenizer, held_out, device))
-            msg = (
-                f"step {step + 1}: loss {row['loss']:.3f}  held-out true>wrong  caption {row['eval/text_acc/all']:.3f} "
-                f"(gap {row['eval/text_gap/all']:.1f})  image {row['eval/image_acc/all']:.3f} (gap {row['eval/image_gap/all']:.1f})"
-            )
-            (tqdm.write if progress else print)(msg)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-    log.close()
+    row: dict[str, Any] = rows[-1] if rows else {}
+    bar = tqdm(total=cfg.steps, initial=step, desc="clip", dynamic_ncols=True, disable=not progress)
+    interrupted = False
+    try:
+        with run_dir.metrics_log(rows) as log, StopSignal(acc) as stop:
+            while step < cfg.steps:
+                images, captions = step_batch(recipe, step)
+                unique = list(dict.fromkeys(captions))
+                index = {c: i for i, c in enumerate(unique)}
+                pixels = torch.stack([preprocess(im) for im in images]).to(acc.device)
+                tokens = tokenizer(unique).to(acc.device)
+                target = torch.tensor([index[c] for c in captions], device=acc.device)
+                with acc.autocast():
+                    loss = clip_loss(model, pixels, tokens, target)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                if cfg.max_grad_norm is not None:
+                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                step += 1
+                row = {
+                    "step": step,
+                    "loss": loss.item(),
+                    "logit_scale": model.logit_scale.exp().item(),
+                    "lr": sched.get_last_lr()[0],
+                    "seconds": time.time() - start,
+                }
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                    row.update(evaluate_clip(model, preprocess, tokenizer, held_out, acc.device))
+                    msg = (
+                        f"step {step}: loss {row['loss']:.3f}  held-out true>wrong  caption {row['eval/text_acc/all']:.3f} "
+                        f"(gap {row['eval/text_gap/all']:.1f})  image {row['eval/image_acc/all']:.3f} (gap {row['eval/image_gap/all']:.1f})"
+                    )
+                    (bar.write if progress else print)(msg)
+                log(row)
+                bar.update(1)
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save()
+                if step < cfg.steps and stop.requested():
+                    interrupted = True
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    save()
+    if interrupted:
+        acc.end_training()
+        print(f"interrupted: checkpoint at step {step} saved to {run_dir.checkpoint}; continue with --resume")
+        raise KeyboardInterrupt
     model.eval()
     for target_dir in [out / "model"] + ([Path(recipe.save_to)] if recipe.save_to else []):
         save_clip(model, mcfg, target_dir)
         print(f"saved the CLIP model to {target_dir} (clip_score: model: local-dir:{target_dir})")
+    acc.end_training()
     return row
 
 

@@ -3,6 +3,7 @@ and the saved folder loading back through the `clip_score` metric and reward."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def tiny_recipe(tmp_path: Path, **train) -> Path:
         "save_to": str(tmp_path / "shapes-clip"),
     }
     path = tmp_path / "clip.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -165,3 +167,107 @@ def test_shipped_recipe_validates() -> None:
     recipe = load_clip_recipe(REPO / "recipes" / "shapes-clip.yaml")
     assert recipe.kind == "clip" and recipe.save_to == "checkpoints/shapes-clip"
     assert main(["check", str(REPO / "recipes" / "shapes-clip.yaml")]) == 0
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / WEIGHTS_FILE))
+
+
+def test_batches_are_a_function_of_seed_and_step(tmp_path: Path) -> None:
+    from maskgrpo.clip_train import step_batch
+
+    recipe = load_clip_recipe(tiny_recipe(tmp_path))
+    a, b = step_batch(recipe, 5), step_batch(recipe, 5)
+    assert a[1] == b[1] and [im.tobytes() for im in a[0]] == [im.tobytes() for im in b[0]]
+    assert step_batch(recipe, 6)[1] != a[1]
+    assert step_batch(recipe.model_copy(update={"seed": 1}), 5)[1] != a[1]
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
+    """SIGINT after step 2 saves a checkpoint and exits 130; `--resume` then ends where an
+    uninterrupted run of the same recipe ends: the same losses and the same weights."""
+    import signal
+
+    from maskgrpo.runtime import StopSignal
+
+    full = tiny_recipe(tmp_path / "full", steps=4)
+    assert main(["train-clip", str(full), "--no-progress"]) == 0
+
+    requested, calls = StopSignal.requested, []
+
+    def interrupt_after_step_2(self: StopSignal) -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # through the real handler
+        return requested(self)
+
+    cut = tiny_recipe(tmp_path / "cut", steps=4)
+    monkeypatch.setattr(StopSignal, "requested", interrupt_after_step_2)
+    assert main(["train-clip", str(cut), "--no-progress"]) == 130
+    monkeypatch.undo()
+    assert _losses(tmp_path / "cut" / "run").keys() == {1, 2}
+    assert not (tmp_path / "cut" / "run" / "model").exists()  # no export from an interrupted run
+    assert main(["train-clip", str(cut), "--no-progress", "--resume"]) == 0
+
+    a, b = _losses(tmp_path / "full" / "run"), _losses(tmp_path / "cut" / "run")
+    assert list(b) == [1, 2, 3, 4] and b == a
+    wa, wb = _weights(tmp_path / "full" / "run"), _weights(tmp_path / "cut" / "run")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_shorter_run_extended_with_resume_equals_the_longer_run(tmp_path: Path) -> None:
+    """With a constant learning rate a 2-step run is the start of a 4-step one: resumed with
+    train.steps=4 it ends with the 4-step run's weights."""
+    full = tiny_recipe(tmp_path / "full", steps=4, schedule="constant", save_every=1)
+    assert main(["train-clip", str(full), "--no-progress"]) == 0
+    short = tiny_recipe(tmp_path / "short", steps=2, schedule="constant")
+    assert main(["train-clip", str(short), "--no-progress"]) == 0
+    assert main(["train-clip", str(short), "--no-progress", "--resume", "--set", "train.steps=4"]) == 0
+    a, b = _losses(tmp_path / "full" / "run"), _losses(tmp_path / "short" / "run")
+    assert list(b) == [1, 2, 3, 4] and b == a
+    wa, wb = _weights(tmp_path / "full" / "run"), _weights(tmp_path / "short" / "run")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert yaml.safe_load((tmp_path / "short" / "run" / "recipe.yaml").read_text())["train"]["steps"] == 4
+
+
+def test_run_directory_contract(tmp_path: Path, capsys) -> None:
+    """recipe.yaml is YAML; an earlier run is neither overwritten without --overwrite nor
+    resumed from nothing; TensorBoard events sit beside metrics.jsonl."""
+    path = tiny_recipe(tmp_path, steps=1)
+    assert main(["train-clip", str(path), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    text = (run / "recipe.yaml").read_text()
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    assert yaml.safe_load(text) == load_clip_recipe(path).model_dump(mode="json")
+    assert (run / "checkpoint").is_dir() and list((run / "tb").rglob("events.out.tfevents.*"))
+
+    metrics_before = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["train-clip", str(path), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_bytes() == metrics_before
+    assert main(["train-clip", str(path), "--resume", "--overwrite"]) == 2
+    assert (run / "metrics.jsonl").read_bytes() == metrics_before
+    assert main(["train-clip", str(path), "--no-progress", "--overwrite", "--set", "train.steps=2"]) == 0
+    assert list(_losses(run)) == [1, 2]
+
+    empty = tiny_recipe(tmp_path / "empty", steps=1)
+    assert main(["train-clip", str(empty), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_more_than_one_process_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    import types
+
+    import maskgrpo.clip_train as clip_train
+
+    monkeypatch.setattr(clip_train, "make_accelerator", lambda *a, **k: types.SimpleNamespace(num_processes=2, is_main_process=True))
+    assert main(["train-clip", str(tiny_recipe(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train-clip:" in err and "one process" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
