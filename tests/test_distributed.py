@@ -152,3 +152,22 @@ def test_two_process_sft_equals_one_and_resumes(tmp_path: Path) -> None:
     c = load(tmp_path / "halves/run")
     for k in b:
         assert torch.equal(b[k], c[k]), k
+
+
+@pytest.mark.parametrize("name", ["1gpu", "8gpu-ddp", "8gpu-fsdp", "8gpu-zero2", "8gpu-zero3", "cpu-2proc"])
+def test_shipped_accelerate_configs_load_and_plan(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """GPU configs cannot run here: they are checked by accelerate's own config loader and by the
+    planner that reads them (process count, sharding)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = REPO / "configs/accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    expected = {"1gpu": 1, "cpu-2proc": 2}.get(name, 8)
+    assert config.num_processes == expected
+    if name.startswith("8gpu-zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+    if name == "8gpu-fsdp":
+        assert config.fsdp_config["fsdp_version"] == 2
+    recipe = REPO / "recipes/llada-gsm8k.yaml"
+    assert main(["check", str(recipe), "--set", f"train.accelerate_config=../configs/accelerate/{name}.yaml"]) == 0
+    assert f"{expected} process" in capsys.readouterr().out

@@ -397,3 +397,19 @@ def test_bf16_autocast_trains_with_fp32_master_weights_and_ratio_one(tmp_path: P
     )
     differs = any(not torch.equal(results["no"][k], results["bf16"][k]) for k in results["no"])
     assert differs and cos > 0.95  # bf16 really ran, and computed nearly the same gradient
+
+
+def test_tensorboard_gets_the_scalars_and_samples(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = tiny_grpo_recipe(tmp_path, train={"steps": 2, "prompts_per_step": 4, "eval_every": 1})
+    trainer = GRPOTrainer(load_recipe(path), progress=False)
+    vary_rewards(trainer)
+    trainer.train()
+    events = list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    tags = acc.Tags()
+    assert {"reward/mean", "loss", "eval/accuracy", "ratio/first_max_dev"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("reward/mean")] == [1, 2]
+    assert any("samples" in t for t in tags["tensors"])  # the sample completions, as text
