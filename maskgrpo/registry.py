@@ -258,12 +258,15 @@ def load_plugins(plugins: list[str], base_dir: Path | None = None) -> None:
     """Import user modules (dotted names or `.py` files, relative to `base_dir`) so that their
     `@rewards.register(...)` decorators run before a recipe is built."""
     for plugin in plugins:
-        if plugin in _state.plugins:
-            continue
+        key = plugin
         if plugin.endswith(".py"):
             path = Path(plugin)
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
+            key = str(path.resolve())  # two recipes' own `rewards.py` are two plugins
+        if key in _state.plugins:
+            continue
+        if plugin.endswith(".py"):
             if not path.is_file():
                 raise MaskGRPOError(f"plugins: file not found: {path}")
             module_name = f"maskgrpo_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
@@ -277,7 +280,7 @@ def load_plugins(plugins: list[str], base_dir: Path | None = None) -> None:
                 importlib.import_module(plugin)
             except ModuleNotFoundError as err:
                 raise MaskGRPOError(f"plugins: cannot import module '{plugin}' ({err})") from None
-        _state.plugins.append(plugin)
+        _state.plugins.append(key)
 
 
 def get_registry(kind: str) -> Registry:

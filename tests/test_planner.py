@@ -165,7 +165,7 @@ def test_llada_gsm8k_fits_one_and_eight_80gb_gpus(capsys: pytest.CaptureFixture[
     assert "llada-8b-instruct: 8.02 B params" in out and "352.3 M LoRA" in out
     one = next(line for line in out.splitlines() if line.startswith("fits one 80 GB GPU: "))
     eight = next(line for line in out.splitlines() if line.startswith("fits 8 x 80 GB GPUs ("))
-    assert one.startswith("fits one 80 GB GPU: yes (estimate ") and "assumed: the recipe names no accelerate config): yes" in eight
+    assert one.startswith("fits one 80 GB GPU: yes (estimate ") and "(8 processes, DeepSpeed ZeRO-2): yes" in eight
     # by hand: 8.016 B x 2 B + 352 M x 4 B (params) + 352 M x 4 (grads) + 352 M x 8 (AdamW) = 20.2 GiB;
     # loss, 8 rows x 512 tokens: 32 x (8 x 4096 + 4 x 12288) x 2 B = 20.0 GiB + logits 8 x 256 x 126464 x 14 B = 3.4 GiB
     assert "persistent 20.2 GiB + loss 23.4 GiB" in out and "estimate 43.6 GiB" in one

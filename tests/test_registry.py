@@ -123,3 +123,17 @@ def test_every_registered_component_is_described_and_constructible_schema(kind: 
         entry = reg.get(name)
         assert entry.description, f"{kind}/{name} has no docstring"
         entry.params.model_json_schema()  # every option has a type pydantic understands
+
+
+def test_two_recipes_plugin_files_of_the_same_name_both_load(tmp_path) -> None:
+    """A plugin file is keyed by its resolved path: a second recipe's own `rewards.py` is a
+    different plugin, not one already loaded."""
+    from maskgrpo.registry import load_plugins, rewards
+
+    for i in (1, 2):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "rewards.py").write_text(
+            f"from maskgrpo.registry import rewards\n@rewards.register('same_file_name_{i}')\ndef r(prompts, completions, **kw):\n    '''A test reward.'''\n    return [0.0] * len(completions)\n"
+        )
+        load_plugins(["rewards.py"], tmp_path / str(i))
+    assert "same_file_name_1" in rewards and "same_file_name_2" in rewards
