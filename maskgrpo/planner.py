@@ -596,9 +596,10 @@ def plan_recipe(recipe: Any, num_processes: int | None = None, prompt_length: in
     memory = _memory_lines(recipe, shape, work, est, origin, prompt_note)
     verdicts: list[str] = []
     if str((recipe.train if grpo else recipe.sft).device) != "cpu":  # a GPU recipe: does it fit on 1 and on 8?
+        named = par.processes > 1 or bool(getattr(recipe.train if grpo else recipe.sft, "accelerate_config", None))
         for n in sorted({1, 8, par.processes}):
-            alt = replace(par, processes=n, engine=par.engine if par.processes > 1 else "DDP")
-            note = "" if par.processes > 1 else "; assumed: the recipe names no accelerate config"
+            alt = replace(par, processes=n, engine=par.engine if named else "DDP")
+            note = "" if named else "; assumed: the recipe names no accelerate config"
             what = "one 80 GB GPU" if n == 1 else f"{n} x 80 GB GPUs ({alt.describe()}{note})"
             try:
                 rows_n, _ = _split(recipe, n)
