@@ -290,6 +290,27 @@ def test_one_grpo_step_with_lora_on_the_paper_targets_trains_only_the_adapter(tm
     # rollouts went through the text sampler: completions decode with the folder's tokenizer
     ids = trainer.tokenizer.encode("7+5=")
     assert ids and trainer.tokenizer.decode(ids) == "7+5="
+    # the exported model/ is the adapter merged into the base: it loads back like any folder
+    # (the hub layout, no adapter files) and gives the trained policy's logits
+    from maskgrpo.components import load_model
+
+    with torch.no_grad():
+        for name, p in trainer.policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # one step at lr 1e-4 hardly moves it: make the adapter visible
+    folder = trainer.export()
+    assert not (folder / "adapter_config.json").exists()
+    loaded, _ = load_model(str(folder))
+    tokens = torch.tensor([ids + [trainer.mask_id] * 4])
+    trainer.policy.eval()
+    with torch.no_grad():
+        expected = trainer.policy(tokens)
+        trainer.policy.disable_adapters()
+        base = trainer.policy(tokens)
+        trainer.policy.enable_adapters()
+        got = loaded.eval()(tokens)
+    assert (expected - base).abs().max() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
 def test_lora_adapter_switches_off_to_the_base_model_exactly() -> None:
