@@ -413,3 +413,22 @@ def test_tensorboard_gets_the_scalars_and_samples(tmp_path: Path) -> None:
     assert {"reward/mean", "loss", "eval/accuracy", "ratio/first_max_dev"} <= set(tags["scalars"])
     assert [e.step for e in acc.Scalars("reward/mean")] == [1, 2]
     assert any("samples" in t for t in tags["tensors"])  # the sample completions, as text
+
+
+def test_resume_survives_a_crash_mid_write(tmp_path: Path) -> None:
+    """A torn last line in metrics.jsonl, a half-written checkpoint temporary, and a kill between
+    the two renames of a save (only .checkpoint.old left): --resume recovers from each."""
+    path = tiny_grpo_recipe(tmp_path, train={"steps": 2, "prompts_per_step": 2, "eval_every": 0, "report_to": []})
+    GRPOTrainer(load_recipe(path, ["train.steps=1"]), progress=False).train()
+    run = tmp_path / "run"
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "loss": 0.1')  # the crash cut this line
+    (run / ".checkpoint.tmpab12").mkdir()
+    (run / ".checkpoint.tmpab12" / "policy.safetensors").write_bytes(b"half")
+    (run / "checkpoint").rename(run / ".checkpoint.old")
+    resumed = GRPOTrainer(load_recipe(path), progress=False)
+    resumed.train(resume=True)
+    assert resumed.step == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert not list(run.glob(".checkpoint.*"))
