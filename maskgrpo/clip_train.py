@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from .errors import MaskGRPOError, RecipeError
 from .recipe import _Strict, read_schema
-from .runtime import RunDirectory, StopSignal, lr_lambda, make_accelerator
+from .runtime import RunDirectory, StopSignal, lr_lambda, make_accelerator, stop_interrupted
 from .tokenizers.word import SHAPES_WORDS
 from .utils import atomic_directory, atomic_write_text
 
@@ -574,9 +574,7 @@ def train_clip(recipe: ClipRecipe, resume: bool = False, overwrite: bool = False
                     (bar.write if progress else print)(msg)
                 log(row)
                 bar.update(1)
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save()
-                if step < cfg.steps and stop.requested():
+                if stop.after_step(step, cfg.steps, cfg.save_every, save):
                     interrupted = True
                     break
     except KeyboardInterrupt:
@@ -585,9 +583,7 @@ def train_clip(recipe: ClipRecipe, resume: bool = False, overwrite: bool = False
         bar.close()
     save()
     if interrupted:
-        acc.end_training()
-        print(f"interrupted: checkpoint at step {step} saved to {run_dir.checkpoint}; continue with --resume")
-        raise KeyboardInterrupt
+        stop_interrupted(acc, run_dir.checkpoint, step)
     model.eval()
     for target_dir in [out / "model"] + ([Path(recipe.save_to)] if recipe.save_to else []):
         save_clip(model, mcfg, target_dir)

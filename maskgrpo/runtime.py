@@ -117,6 +117,22 @@ class StopSignal:
     def requested(self) -> bool:
         return reduce_sum(self.accelerator, float(self.flag)) > 0
 
+    def after_step(self, step: int, total: int, save_every: int, save: Any) -> bool:
+        """The end of every program's step: a checkpoint every `save_every` steps; True when a
+        stop was asked before the last step (the loop breaks; the caller saves once more)."""
+        if save_every and step % save_every == 0:
+            save()
+        return step < total and self.requested()
+
+
+def stop_interrupted(accelerator: Any, checkpoint: Path, step: int) -> None:
+    """After the final save of an interrupted run: close the trackers, say how to go on, and
+    re-raise KeyboardInterrupt (the CLI exits 130)."""
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        print(f"interrupted: checkpoint at step {step} saved to {checkpoint}; continue with --resume")
+    raise KeyboardInterrupt
+
 
 class RunDirectory:
     """The run directory of one training program; writes happen on the main process only."""

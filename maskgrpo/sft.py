@@ -26,7 +26,7 @@ from .generation import evaluate_sharded
 from .recipe import Recipe
 from .registry import tasks
 from .report import save_image_grid
-from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum
+from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum, stop_interrupted
 from .utils import Generator, draw_uniform
 
 
@@ -175,9 +175,7 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 final = row
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save_checkpoint(step)
-                if step < cfg.steps and stop.requested():
+                if stop.after_step(step, cfg.steps, cfg.save_every, lambda: save_checkpoint(step)):
                     interrupted = True
                     break
     except KeyboardInterrupt:
@@ -186,10 +184,7 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
         bar.close()
     save_checkpoint(step)
     if interrupted:
-        acc.end_training()
-        if is_main:
-            print(f"interrupted: checkpoint at step {step} saved to {run_dir.checkpoint}; continue with --resume")
-        raise KeyboardInterrupt
+        stop_interrupted(acc, run_dir.checkpoint, step)
     if is_main:
         for target_dir in [out / "model"] + ([Path(cfg.save_to)] if cfg.save_to else []):
             backbone.save_pretrained(target_dir)

@@ -41,6 +41,7 @@ from .runtime import (
     RunDirectory,
     StopSignal,
     gather_list,
+    stop_interrupted,
     local_share,
     lr_lambda,
     make_accelerator,
@@ -439,9 +440,7 @@ class GRPOTrainer:
                     log(row)
                     bar.update(1)
                     bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}")
-                    if r.train.save_every and self.step % r.train.save_every == 0:
-                        self.save_checkpoint()
-                    if self.step < r.train.steps and stop.requested():
+                    if stop.after_step(self.step, r.train.steps, r.train.save_every, self.save_checkpoint):
                         interrupted = True
                         break
         except KeyboardInterrupt:
@@ -450,10 +449,7 @@ class GRPOTrainer:
             bar.close()
         self.save_checkpoint()
         if interrupted:
-            if self.is_main:
-                print(f"interrupted: checkpoint at step {self.step} saved to {self.run_dir.checkpoint}; continue with --resume")
-            self.acc.end_training()
-            raise KeyboardInterrupt
+            stop_interrupted(self.acc, self.run_dir.checkpoint, self.step)
         self.export()
         self.acc.end_training()
         summary: dict[str, Any] = {"steps": self.step}

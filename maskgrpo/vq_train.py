@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .recipe import Spec, _Strict, read_schema
 from .registry import load_presets, tokenizers
-from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum
+from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum, stop_interrupted
 from .utils import make_generator
 
 
@@ -193,9 +193,7 @@ def train_vq(recipe: VQRecipe, resume: bool = False, overwrite: bool = False, pr
                     bar.write(f"step {step}: loss {row['loss']:.4f}  detector agreement on reconstructions {row['eval/agreement']:.3f}{codes}")
                 log(row)
                 bar.update(1)
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save()
-                if step < cfg.steps and stop.requested():
+                if stop.after_step(step, cfg.steps, cfg.save_every, save):
                     interrupted = True
                     break
     except KeyboardInterrupt:
@@ -204,10 +202,7 @@ def train_vq(recipe: VQRecipe, resume: bool = False, overwrite: bool = False, pr
         bar.close()
     save()
     if interrupted:
-        acc.end_training()
-        if is_main:
-            print(f"interrupted: checkpoint at step {step} saved to {run_dir.checkpoint}; continue with --resume")
-        raise KeyboardInterrupt
+        stop_interrupted(acc, run_dir.checkpoint, step)
     model.eval()
     if is_main:
         for target in [out / "model"] + ([Path(recipe.save_to)] if recipe.save_to else []):
