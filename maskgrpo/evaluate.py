@@ -1,4 +1,7 @@
-"""The evaluation harness: score a model, or outputs made elsewhere, on a suite in `evals/`.
+"""The evaluation harness: score a model, or outputs made elsewhere, on a suite.
+
+Suites are YAML files: the package's own (`maskgrpo/suites/`, by name: `gsm8k`), those in the
+folders of `$MASKGRPO_SUITES` (also by name), or any file by its path.
 
 A suite (YAML, schema `Suite` below) names its data, the fields that hold the prompt and the
 gold answer, the metrics (registry specs), the sampler that generates for it and how many samples
@@ -18,7 +21,7 @@ extracted answer or the detections and the reason a check failed) and a report f
 From Python, in one line::
 
     from maskgrpo.evaluate import evaluate_suite
-    results = evaluate_suite("gsm8k", outputs="completions.jsonl")   # or "evals/gsm8k.yaml"
+    results = evaluate_suite("gsm8k", outputs="completions.jsonl")   # or a suite file's path
 
 Bad input (missing file or folder, malformed JSONL line, an image that is not an image, an
 unknown tag) raises `MaskGRPOError` naming the file and line; with `skip_bad` such a row is
@@ -46,6 +49,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .errors import MaskGRPOError, RecipeError, format_validation_error
+from .paths import resolve_fields, suite_dirs
 from .recipe import Spec, _Strict, apply_override
 from .registry import detectors, load_entry_point_plugins, load_plugins, load_presets, metrics, samplers
 from .utils import atomic_write_text
@@ -62,7 +66,6 @@ __all__ = [
     "validate_geneval_row",
 ]
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "evals"
 GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
@@ -81,7 +84,7 @@ class SuiteFields(_Strict):
 
 
 class Suite(_Strict):
-    """One evaluation suite (a YAML file in `evals/`)."""
+    """One evaluation suite (a YAML file; the bundled ones are in `maskgrpo/suites/`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the default output folder runs/eval/<name>")
     description: str = ""
@@ -145,31 +148,39 @@ class Suite(_Strict):
         return out
 
 
+# The fields of a suite that hold paths it reads (`paths.resolve_fields`): relative to the suite
+# file, or to the working directory for a `--set` value.
+SUITE_PATHS: dict[str, str] = {
+    "data": "file", "licence": "file", "metrics": "spec", "sampler": "spec", "image_tokenizer": "spec", "plugins": "plugins"
+}
+
+
+def _named_suites() -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for folder in suite_dirs():
+        for file in sorted(Path(folder).glob("*.yaml")):
+            found.setdefault(file.stem, []).append(file)
+    return found
+
+
 def bundled_suites() -> list[str]:
-    """Names of the suites shipped in `evals/` (usable instead of a path)."""
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    """Names of the suites usable instead of a path: the package's own (`maskgrpo/suites/`) and
+    those in the folders of `$MASKGRPO_SUITES`."""
+    return sorted(_named_suites())
 
 
 def _resolve_suite_path(suite: str | os.PathLike[str]) -> Path:
     path = Path(suite)
     if path.is_file():
         return path
-    if not path.suffix and os.sep not in str(suite) and (SUITES_DIR / f"{suite}.yaml").is_file():
-        return SUITES_DIR / f"{suite}.yaml"
+    named = _named_suites().get(str(suite)) if not path.suffix and os.sep not in str(suite) else None
+    if named and len(named) > 1:
+        raise MaskGRPOError(f"suite '{suite}' is in more than one suite folder ({', '.join(map(str, named))}); give its path")
+    if named:
+        return named[0]
     if path.is_dir():
         raise MaskGRPOError(f"{path}: is a folder; expected a suite YAML file")
     raise MaskGRPOError(f"{path}: suite file not found (bundled suites: {', '.join(bundled_suites())})")
-
-
-def _relative_paths(node: Any, base: Path) -> Any:
-    """Strings starting with ./ or ../ inside metric specs are paths relative to the suite file."""
-    if isinstance(node, dict):
-        return {k: _relative_paths(v, base) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_relative_paths(v, base) for v in node]
-    if isinstance(node, str) and (node.startswith("./") or node.startswith("../")):
-        return str((base / node).resolve())
-    return node
 
 
 def load_suite(suite: str | os.PathLike[str] | Suite, overrides: Sequence[str] | None = None, check_components: bool = True) -> Suite:
@@ -197,13 +208,12 @@ def load_suite(suite: str | os.PathLike[str] | Suite, overrides: Sequence[str] |
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a suite must be a mapping of fields, got {type(data).__name__}")
     data = copy.deepcopy(data)
+    resolve_fields(data, SUITE_PATHS, path.resolve().parent, where=str(path))  # the path rule: paths.py
     for assignment in overrides or []:
         try:
-            apply_override(data, assignment)
+            apply_override(data, assignment, SUITE_PATHS)
         except MaskGRPOError as err:
             raise RecipeError(f"{path}: {err}") from None
-    if isinstance(data.get("metrics"), list):
-        data["metrics"] = _relative_paths(data["metrics"], path.resolve().parent)
     try:
         result = Suite.model_validate({**data, "source": str(path)})
     except pydantic.ValidationError as err:
@@ -618,9 +628,7 @@ def _generate_images(
 
     if suite.image_tokenizer is None:
         raise MaskGRPOError(f"{suite.where}: image_tokenizer: needed to turn generated codes into images (--model)")
-    spec = suite.image_tokenizer
-    if isinstance(spec, dict) and spec.get("path") and not Path(spec["path"]).is_absolute():
-        spec = {**spec, "path": str(suite.source_dir / spec["path"])}
+    spec = suite.image_tokenizer  # its relative paths were resolved when the suite was read
     rows = _read_suite_prompts(suite, limit, bad)
     for r in rows:
         problem = validate_geneval_row(r["row"])

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -492,6 +493,8 @@ def _parallel(recipe: Any, num_processes: int | None) -> tuple[Parallel, str]:
     overriding its count; else one process."""
     acc = recipe.train.accelerate_config
     par = read_accelerate_config(recipe.source_dir / acc) if acc else Parallel()
+    if acc:  # resolved when the recipe was read; shown as the recipe file would name it
+        acc = os.path.relpath(recipe.source_dir / acc, recipe.source_dir)
     source = f"accelerate config {acc}" if acc else "no accelerate config"
     if num_processes is not None:
         if num_processes < 1:

@@ -3,19 +3,25 @@
 Components (backbone, tokenizer, task, samplers, estimator, rewards) are specs resolved by the
 registry: a name, a preset, or `{type: name, **kwargs}`. `--set a.b=c` overrides are applied to
 the raw YAML before validation, so they are typed exactly like the file.
+
+Paths (`paths.py`): a relative path a recipe reads (a component's `path`, a task's `train_path`,
+a reward's `local-dir:` model, `plugins`, `train.accelerate_config`) is relative to the recipe
+file and made absolute when the recipe is loaded; a `--set` value is relative to the working
+directory; `output_dir` and `save_to` (where a run writes) are relative to the working directory.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, Mapping, TypeVar, Union
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import MaskGRPOError, RecipeError, format_validation_error
+from .paths import resolve_fields, resolve_override
 from .registry import REGISTRIES, load_entry_point_plugins, load_plugins, load_presets
 
 Spec = Union[str, dict[str, Any]]
@@ -131,7 +137,7 @@ class Recipe(_Strict):
     sft: SFTConfig | None = None
     lora: LoraConfig | None = None
 
-    # Where the YAML came from: plugin paths are relative to it.
+    # Where the YAML came from: the relative paths it names were resolved against its folder.
     source: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -172,9 +178,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
+# The fields of a grpo/sft recipe that hold paths it reads (see `paths.resolve_fields`).
+RECIPE_PATHS: dict[str, str] = {
+    **{name: "spec" for name in ("backbone", "tokenizer", "image_tokenizer", "task", "sampler", "eval_sampler", "estimator", "rewards", "eval_metric")},
+    "plugins": "plugins",
+    "train.accelerate_config": "file",
+}
+
+
+def apply_override(data: dict[str, Any], assignment: str, path_fields: Mapping[str, str] | None = None) -> None:
     """Apply one `a.b.c=value` (value parsed as YAML) in place. A component given by name
-    becomes `{type: name}` when one of its options is set."""
+    becomes `{type: name}` when one of its options is set. With `path_fields`, relative paths in
+    the value are relative to the working directory (they come from the command line)."""
     if "=" not in assignment:
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE")
     key, raw = assignment.split("=", 1)
@@ -183,6 +198,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")
+    if path_fields:
+        value = resolve_override(parts, value, path_fields, Path.cwd())
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         path = ".".join(parts[: i + 1])
@@ -219,12 +236,17 @@ def _list_item(node: list[Any], part: str, path: str) -> Any:
 T = TypeVar("T", bound=pydantic.BaseModel)
 
 
-def read_schema(path: str | Path, schema: type[T], overrides: list[str] | None = None, **extra: Any) -> T:
+def read_schema(
+    path: str | Path, schema: type[T], overrides: list[str] | None = None, path_fields: Mapping[str, str] | None = None, **extra: Any
+) -> T:
     """A YAML file with `--set` overrides applied, validated by `schema` (errors name the file);
-    shared by every recipe kind (grpo/sft, vq, clip)."""
+    shared by every recipe kind (grpo/sft, vq, clip). The relative paths in `path_fields` are
+    made absolute: the file's against its folder, the overrides' against the working directory."""
     data = copy.deepcopy(read_yaml(path))
+    if path_fields:
+        resolve_fields(data, path_fields, Path(path).resolve().parent, where=str(path))
     for assignment in overrides or []:
-        apply_override(data, assignment)
+        apply_override(data, assignment, path_fields)
     try:
         return schema.model_validate({**data, **extra})
     except pydantic.ValidationError as err:
@@ -234,7 +256,7 @@ def read_schema(path: str | Path, schema: type[T], overrides: list[str] | None =
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_components: bool = True) -> Recipe:
     """Read, override, validate. With `check_components`, also load plugins and check every
     component spec against the registry (nothing heavy is built)."""
-    recipe = read_schema(path, Recipe, overrides, source=str(path))
+    recipe = read_schema(path, Recipe, overrides, RECIPE_PATHS, source=str(path))
     if check_components:
         validate_components(recipe, prefix=str(path))
     return recipe

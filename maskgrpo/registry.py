@@ -2,7 +2,8 @@
 
 A typo in a recipe must be an error that names the field, never a silent default, so every
 factory's keyword arguments are validated by a pydantic model derived from its signature
-(`extra="forbid"`). Presets are named, ready-made specs read from `registry/*.yaml`.
+(`extra="forbid"`). Presets are named, ready-made specs read from `<kind>.yaml` files in the
+package's `presets/` folder and in the folders of `$MASKGRPO_PRESETS` (see `paths.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
-import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +23,7 @@ import pydantic
 import yaml
 
 from .errors import MaskGRPOError, RecipeError, UnknownComponentError, format_validation_error
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "registry"
+from .paths import preset_dirs, resolve_paths
 
 
 @dataclass
@@ -211,23 +210,15 @@ class _State:
 _state = _State()
 
 
-def _resolve_preset_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative `path` fields in a preset file are relative to that file, so presets can point
-    at checkpoints shipped in the repository."""
-    path = spec.get("path")
-    if isinstance(path, str) and (path.startswith("./") or path.startswith("../")):
-        spec = {**spec, "path": str((base / path).resolve())}
-    return spec
-
-
 def load_presets(dirs: list[Path] | None = None) -> None:
-    """Read every `<kind>.yaml` in the preset folders (the repository's `registry/` and any
-    folder in `$MASKGRPO_PRESET_PATH`). Each top-level key is a preset name."""
+    """Read every `<kind>.yaml` in the preset folders (the package's `presets/` and any folder in
+    `$MASKGRPO_PRESETS`). Each top-level key is a preset name; relative paths in a preset are
+    relative to its file, so presets can point at the checkpoints shipped beside them."""
     if dirs is None:
         if _state.presets_loaded:
             return
         _state.presets_loaded = True
-        dirs = [PRESET_DIR] + [Path(p) for p in os.environ.get("MASKGRPO_PRESET_PATH", "").split(os.pathsep) if p]
+        dirs = preset_dirs()
     for folder in dirs:
         for file in sorted(Path(folder).glob("*.yaml")):
             kind = file.stem
@@ -242,7 +233,8 @@ def load_presets(dirs: list[Path] | None = None) -> None:
                     raise MaskGRPOError(f"{file}: preset '{name}' must be a mapping")
                 spec = dict(spec)
                 description = str(spec.pop("description", ""))
-                REGISTRIES[kind].add_preset(name, _resolve_preset_paths(spec, file.parent), description, str(file))
+                spec = resolve_paths(spec, file.parent, where=f"{file}: {name}")
+                REGISTRIES[kind].add_preset(name, spec, description, str(file))
 
 
 def load_entry_point_plugins() -> None:

@@ -53,7 +53,7 @@ class VQRecipe(_Strict):
 
 
 def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRecipe:
-    recipe = read_schema(path, VQRecipe, overrides)
+    recipe = read_schema(path, VQRecipe, overrides, {"tokenizer": "spec"})  # relative paths: recipe.py
     load_presets()
     tokenizers.validate(recipe.tokenizer, where="tokenizer")
     return recipe

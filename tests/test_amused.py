@@ -278,7 +278,7 @@ def test_grpo_run_on_geneval_prompts(amused_dir: Path, tmp_path: Path) -> None:
         "backbone": {"type": "amused", "path": str(amused_dir)},
         "tokenizer": {"type": "hf", "path": str(amused_dir / "tokenizer"), "mask_token_id": text + CODEBOOK},
         "image_tokenizer": {"type": "vq", "path": str(amused_dir / "vqvae"), "normalize": False},
-        "task": {"type": "jsonl", "train_path": str(REPO / "evals/data/geneval_metadata.jsonl"), "prompt_field": "prompt",
+        "task": {"type": "jsonl", "train_path": str(REPO / "maskgrpo/suites/data/geneval_metadata.jsonl"), "prompt_field": "prompt",
                  "answer_field": None, "row_column": "metadata"},
         "sampler": {"type": "emerge", "image_tokens": GRID * GRID, "codebook_offset": text, "codebook_size": CODEBOOK, "steps": 3, "cfg_scale": 1.0},
         "estimator": {"type": "random", "min_mask_rate": 0.8},

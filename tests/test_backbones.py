@@ -137,7 +137,7 @@ def test_word_tokenizer_covers_the_shapes_prompts(tmp_path: Path) -> None:
     from .conftest import REPO
 
     tok = tokenizers.build("word")
-    for line in (REPO / "evals/shapes/metadata.jsonl").read_text().splitlines():
+    for line in (REPO / "maskgrpo/suites/shapes/metadata.jsonl").read_text().splitlines():
         prompt = json.loads(line)["prompt"]
         ids = tok.encode(prompt)
         assert tok.unk_token_id not in ids and tok.decode(ids) == prompt

@@ -165,7 +165,7 @@ def test_bad_recipes_are_clear_errors(tmp_path: Path) -> None:
 
 def test_shipped_recipe_validates() -> None:
     recipe = load_clip_recipe(REPO / "recipes" / "shapes-clip.yaml")
-    assert recipe.kind == "clip" and recipe.save_to == "checkpoints/shapes-clip"
+    assert recipe.kind == "clip" and recipe.save_to == "maskgrpo/checkpoints/shapes-clip"
     assert main(["check", str(REPO / "recipes" / "shapes-clip.yaml")]) == 0
 
 

@@ -22,7 +22,7 @@ from maskgrpo.tasks.shapes import TAGS, write_geneval_folder
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
-EVALS = REPO / "evals"
+EVALS = REPO / "maskgrpo" / "suites"
 GSM8K = EVALS / "gsm8k.yaml"
 SHAPES = EVALS / "shapes.yaml"
 

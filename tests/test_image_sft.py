@@ -167,7 +167,7 @@ def test_image_recipe_needs_an_eval_metric_when_the_task_has_none(tmp_path: Path
         "output_dir": str(tmp_path / "run"),
         "backbone": {"type": "transformer", "max_length": 80, "d_model": 32, "n_layers": 1, "n_heads": 2},
         "tokenizer": {"type": "word"},
-        "image_tokenizer": {"type": "vq", "path": str(REPO / "checkpoints/shapes-vq")},
+        "image_tokenizer": {"type": "vq", "path": str(REPO / "maskgrpo/checkpoints/shapes-vq")},
         "task": {"type": "jsonl", "train_path": str(data), "eval_path": str(data), "prompt_field": "prompt", "answer_field": None, "row_column": "metadata"},
         "sampler": {"type": "emerge", "image_tokens": 64},
         "estimator": "random",
@@ -204,7 +204,7 @@ def test_eval_generates_images_from_a_saved_model_and_scores_them(tiny_vq: Path,
     model = build_backbone({"type": "transformer", "max_length": 80, "d_model": 32, "n_layers": 1, "n_heads": 2}, words, image_tokenizer)
     model.save_pretrained(tmp_path / "model")
     words.save_pretrained(tmp_path / "model")
-    rows = (REPO / "evals" / "shapes" / "metadata.jsonl").read_text().splitlines()[:3]
+    rows = (REPO / "maskgrpo" / "suites" / "shapes" / "metadata.jsonl").read_text().splitlines()[:3]
     (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
     suite = {
         "name": "tiny-shapes",

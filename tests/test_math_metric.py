@@ -17,7 +17,7 @@ from maskgrpo.metrics import math as M
 from maskgrpo.metrics.math import Judgement, MathAccuracy, extract_answer, judge, judge_many, normalize_number
 from maskgrpo.registry import metrics
 
-DATA = Path(__file__).resolve().parent.parent / "evals" / "data"
+DATA = Path(__file__).resolve().parent.parent / "maskgrpo" / "suites" / "data"
 BOUND_S = 1.5  # the most one judge call may take, hostile input included
 
 

@@ -174,7 +174,8 @@ def test_llada_gsm8k_fits_one_and_eight_80gb_gpus(capsys: pytest.CaptureFixture[
 
 def test_llada_gsm8k_with_the_shipped_zero2_config(capsys: pytest.CaptureFixture[str]) -> None:
     recipe = str(REPO / "recipes" / "llada-gsm8k.yaml")
-    code, out, _ = _check(capsys, recipe, "--set", "train.accelerate_config=../configs/accelerate/8gpu-zero2.yaml")
+    # a --set path is relative to the working directory; the plan names it as the recipe would
+    code, out, _ = _check(capsys, recipe, "--set", f"train.accelerate_config={REPO / 'configs/accelerate/8gpu-zero2.yaml'}")
     assert code == 0 and "batch plan (8 processes, DeepSpeed ZeRO-2; accelerate config ../configs/accelerate/8gpu-zero2.yaml)" in out
     # LoRA gradients 352 M x 4 B and AdamW 352 M x 8 B, each over 8 processes
     assert "gradients                  0.2 GiB (352.3 M trainable (LoRA r 128), sharded / 8)" in out
@@ -211,12 +212,12 @@ def _trainable_after_lora(model: torch.nn.Module, r: int, targets: list[str] | s
 def test_transformer_counts_match_the_shipped_model() -> None:
     from maskgrpo.backbones.transformer import MaskedTransformer
 
-    model = MaskedTransformer.from_pretrained(str(REPO / "checkpoints" / "arith-small"))
-    cfg = json.loads((REPO / "checkpoints" / "arith-small" / "config.json").read_text())
+    model = MaskedTransformer.from_pretrained(str(REPO / "maskgrpo" / "checkpoints" / "arith-small"))
+    cfg = json.loads((REPO / "maskgrpo" / "checkpoints" / "arith-small" / "config.json").read_text())
     shape = transformer_shape(cfg["vocab_size"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"], cfg["mlp_ratio"], cfg["max_length"])
     assert shape.n_params == sum(p.numel() for p in model.parameters())
     assert shape.lora_params(4, ["qkv", "fc2"]) == _trainable_after_lora(model, 4, ["qkv", "fc2"])
-    fresh = MaskedTransformer.from_pretrained(str(REPO / "checkpoints" / "arith-small"))
+    fresh = MaskedTransformer.from_pretrained(str(REPO / "maskgrpo" / "checkpoints" / "arith-small"))
     assert shape.lora_params(4, "all-linear") == _trainable_after_lora(fresh, 4, "all-linear")
 
 

@@ -116,7 +116,7 @@ def test_render_is_antialiased_and_exact():
 
 
 def test_suite_file_matches_its_generator():
-    rows = [json.loads(line) for line in (REPO / "evals/shapes/metadata.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (REPO / "maskgrpo/suites/shapes/metadata.jsonl").read_text().splitlines()]
     assert rows == suite_metadata(10, 0)
     assert len(rows) == 60 and {r["tag"] for r in rows} == set(TAGS)
     for r in rows:

@@ -23,7 +23,7 @@ def test_training_never_sees_a_held_out_problem() -> None:
 
 
 def test_shipped_arith_suite_matches_the_task() -> None:
-    rows = [json.loads(x) for x in (REPO / "evals/arith/heldout.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (REPO / "maskgrpo/suites/arith/heldout.jsonl").read_text().splitlines()]
     expected = ArithmeticTask(levels=[1, 3]).eval_examples()
     assert [(r["prompt"], r["answer"]) for r in rows] == [(e.prompt, e.answer) for e in expected]
 

@@ -294,7 +294,7 @@ def test_a_task_without_eval_data_reports_no_evaluation_not_zero(tmp_path: Path,
 
 @pytest.mark.parametrize(
     "spec,key",
-    [({"type": "math_accuracy"}, "accuracy"), ({"type": "geneval", "detector": "shapes"}, "overall"), ({"type": "clip_score", "model": "local-dir:checkpoints/shapes-clip"}, "clip_score")],
+    [({"type": "math_accuracy"}, "accuracy"), ({"type": "geneval", "detector": "shapes"}, "overall"), ({"type": "clip_score", "model": "local-dir:maskgrpo/checkpoints/shapes-clip"}, "clip_score")],
 )
 def test_metrics_on_an_empty_set_are_nan_not_zero(spec: dict, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from maskgrpo.registry import metrics

@@ -49,7 +49,7 @@ def test_bad_codes_are_clear_errors(vq, tmp_path: Path) -> None:
         tokenizers.build({"type": "vq", "path": str(tmp_path)})
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-vq"
+SHIPPED = Path(__file__).resolve().parent.parent / "maskgrpo" / "checkpoints" / "shapes-vq"
 
 
 def test_shipped_tokenizer_keeps_the_detector_verdicts() -> None:

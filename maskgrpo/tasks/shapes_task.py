@@ -1,7 +1,7 @@
 """The shapes world as a task: GenEval-style prompts with a correct render for SFT.
 
 Training examples are a pure function of (seed, index). Evaluation uses the prompts of the
-`shapes` suite (`evals/shapes/metadata.jsonl`). Several tags have tiny prompt spaces (three
+`shapes` suite (`maskgrpo/suites/shapes/metadata.jsonl`). Several tags have tiny prompt spaces (three
 single-object prompts, nine counting ones), so those cannot be held out, and images are sampled,
 not recalled, so the score measures generation, as GenEval's does. With `hold_out: true` the
 training stream skips every suite prompt of the tags with room to spare (`colors`, `position`,
@@ -15,12 +15,13 @@ import random
 from pathlib import Path
 
 from ..errors import MaskGRPOError
+from ..paths import package_dir
 from ..registry import tasks
 from .base import Example
 from .shapes import TAGS, sample_scene
 
 HOLD_OUT_TAGS = ("colors", "position", "color_attr")
-SUITE = Path(__file__).resolve().parent.parent.parent / "evals" / "shapes" / "metadata.jsonl"
+SUITE = package_dir("suites") / "shapes" / "metadata.jsonl"
 
 
 @tasks.register("shapes")
