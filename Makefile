@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
-# Regenerates the shipped small policy checkpoints/arith-small (about 1.5 minutes here).
+# Regenerates the shipped small policy maskgrpo/checkpoints/arith-small (about 1.5 minutes here).
 sft-arith: $(VENV)/.installed
 	$(BIN)/maskgrpo sft recipes/arith-sft.yaml
 

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="score a model or existing outputs on an evaluation suite")
-    e.add_argument("suite", help="suite YAML (e.g. evals/gsm8k.yaml) or a bundled suite name (gsm8k, math500, geneval, shapes)")
+    e.add_argument("suite", help="a suite name (bundled: arith, gsm8k, math500, geneval, shapes; or one in $MASKGRPO_SUITES) or a suite YAML file")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="preset name or model folder: generate, then score")
     src.add_argument("--outputs", help="JSONL of completions or a GenEval-layout folder of images: score only")

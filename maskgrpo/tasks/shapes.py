@@ -500,7 +500,7 @@ def write_geneval_folder(
 ) -> Path:
     """Render `images_per_row` scenes per metadata row into GenEval's folder layout
     (`<path>/<index:05d>/metadata.jsonl` + `<path>/<index:05d>/samples/<k:04d>.png`), which
-    `maskgrpo eval evals/shapes.yaml --outputs PATH` scores. Every scene satisfies its row, except
+    `maskgrpo eval shapes --outputs PATH` scores. Every scene satisfies its row, except
     those named in `wrong`: `{(row, image): kind}` renders that image with `make_wrong(row, kind)`
     (kind in WRONG_KINDS), so it must fail. Seeded; returns `path`."""
     from ..evaluate import save_geneval_folder
