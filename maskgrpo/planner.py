@@ -269,7 +269,7 @@ def read_accelerate_config(path: str | Path) -> Parallel:
     path = Path(path)
     where = f"train.accelerate_config: {path}"
     if not path.is_file():
-        raise MaskGRPOError(f"{where}: file not found (the path is relative to the recipe file)")
+        raise MaskGRPOError(f"{where}: file not found (a relative path is relative to the recipe file; in --set, to the working directory)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

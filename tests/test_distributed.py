@@ -23,13 +23,19 @@ from .conftest import REPO, tiny_grpo_recipe
 
 pytestmark = pytest.mark.slow
 
+# Each test's recipe folder has its own copy of this plugin, and plugins are keyed by their path
+# (two files, two plugins), so a second copy loaded in this process must not register again.
 SEVENS = """
 from maskgrpo.registry import rewards
 
-@rewards.register("count_sevens_dist")
+
 def count_sevens(prompts, completions, **columns):
     '''How many 7s a completion has: varies inside every group, so every step updates.'''
     return [float(c.count("7")) for c in completions]
+
+
+if "count_sevens_dist" not in rewards:
+    rewards.register("count_sevens_dist")(count_sevens)
 """
 
 
@@ -169,5 +175,5 @@ def test_shipped_accelerate_configs_load_and_plan(name: str, capsys: pytest.Capt
     if name == "8gpu-fsdp":
         assert config.fsdp_config["fsdp_version"] == 2
     recipe = REPO / "recipes/llada-gsm8k.yaml"
-    assert main(["check", str(recipe), "--set", f"train.accelerate_config=../configs/accelerate/{name}.yaml"]) == 0
+    assert main(["check", str(recipe), "--set", f"train.accelerate_config={path}"]) == 0
     assert f"{expected} process" in capsys.readouterr().out

@@ -151,7 +151,7 @@ def test_other_inconsistencies_are_refused(tmp_path: Path, capsys: pytest.Captur
     data = yaml.safe_load(path.read_text())
     data["train"]["accelerate_config"] = "configs/missing.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert "missing.yaml: file not found (the path is relative to the recipe file)" in _refused(capsys, str(path))
+    assert "missing.yaml: file not found (a relative path is relative to the recipe file; in --set, to the working directory)" in _refused(capsys, str(path))
     path = _recipe(tmp_path, accelerate={"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": {"fsdp_sharding_strategy": "HALF_SHARD"}})
     assert "fsdp sharding strategy 'HALF_SHARD' unknown" in _refused(capsys, str(path))
 
