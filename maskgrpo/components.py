@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .recipe import Spec
@@ -56,11 +57,58 @@ def build_eval_metric(spec: Spec | None, task: Any) -> Any:
     return metrics.build(eval_metric_spec(spec, task), where="eval_metric")
 
 
+MANIFEST = "maskgrpo_model.json"
+
+
+def write_manifest(folder: str | Path, recipe: Any, adapter: str | None = None) -> Path:
+    """A saved model folder's description of itself (like diffusers' model_index.json): which
+    registered backbone and tokenizer read it, the image tokenizer and where its codebook sits,
+    and how an adapter was saved (`merged`: folded into the weights). `load_model` reads it, so
+    a folder never has to be guessed from its file names."""
+    import json
+
+    from .utils import atomic_write_text
+
+    load_presets()
+    image = recipe.image_tokenizer
+    manifest = {
+        "format": 1,
+        "backbone": backbones.expand(recipe.backbone, where="backbone")["type"],
+        "tokenizer": tokenizers.expand(recipe.tokenizer, where="tokenizer")["type"],
+        "image_tokenizer": image,
+        "codebook_offset": build_tokenizer(recipe.tokenizer).vocab_size if image is not None else None,
+        "adapter": adapter,
+        "recipe": recipe.name,
+    }
+    path = Path(folder) / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, validated; None for folders saved before manifests existed."""
+    import json
+
+    from .errors import MaskGRPOError
+
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MaskGRPOError(f"{path}: not valid JSON ({err})") from None
+    for key, registry in (("backbone", backbones), ("tokenizer", tokenizers)):
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(key), str):
+            raise MaskGRPOError(f"{path}: needs a '{key}' type name")
+        registry.get(manifest[key], f"{path}: {key}")
+    return manifest
+
+
 def load_model(name_or_path: str) -> tuple[Any, Any]:
     """(backbone, tokenizer) from a preset name (backbone and tokenizer presets of that name) or
     a model folder saved by maskgrpo (`sft`'s or `train`'s `model/`)."""
     import json
-    from pathlib import Path
 
     from .errors import MaskGRPOError
     from .tokenizers.char import CharTokenizer
@@ -74,6 +122,11 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
     if not folder.is_dir():
         names = sorted(p.name for p in backbones.presets())
         raise MaskGRPOError(f"--model: '{name_or_path}' is neither a folder nor a model preset (presets: {', '.join(names)})")
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        tokenizer = build_tokenizer({"type": manifest["tokenizer"], "path": str(folder)})
+        return build_backbone({"type": manifest["backbone"], "path": str(folder)}, tokenizer), tokenizer
+    # a folder saved before manifests: recognised by its files
     if (folder / CharTokenizer.FILE).is_file():
         tokenizer = build_tokenizer({"type": "char", "path": str(folder)})
     elif (folder / WordTokenizer.FILE).is_file():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer
+from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer, write_manifest
 from .data import encode_completions, encode_prompts
 from .generation import evaluate_sharded
 from .recipe import Recipe
@@ -189,6 +189,7 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
         for target_dir in [out / "model"] + ([Path(cfg.save_to)] if cfg.save_to else []):
             backbone.save_pretrained(target_dir)
             tokenizer.save_pretrained(target_dir)
+            write_manifest(target_dir, recipe)
             print(f"saved model and tokenizer to {target_dir}")
     acc.wait_for_everyone()
     acc.end_training()  # last: it also ends the process group

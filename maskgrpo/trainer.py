@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import TokenScorer
-from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer
+from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer, write_manifest
 from .data import encode_prompts
 from .errors import MaskGRPOError
 from .estimators.masking import ELBOEstimator, MaskedView
@@ -395,6 +395,7 @@ class GRPOTrainer:
             model = self.policy if self.recipe.lora is None else merged_copy(self.policy)
             model.save_pretrained(target)
             self.tokenizer.save_pretrained(target)
+            write_manifest(target, self.recipe, adapter=None if self.recipe.lora is None else "merged")
         self.acc.wait_for_everyone()
         return target
 

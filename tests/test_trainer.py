@@ -432,3 +432,20 @@ def test_resume_survives_a_crash_mid_write(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert not list(run.glob(".checkpoint.*"))
+
+
+def test_the_model_folder_describes_itself_and_load_model_reads_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from maskgrpo.components import MANIFEST, load_model
+
+    path = tiny_grpo_recipe(tmp_path, lora={"r": 4, "alpha": 8, "target_modules": ["qkv"]})
+    GRPOTrainer(load_recipe(path), progress=False).train()
+    folder = tmp_path / "run" / "model"
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["backbone"] == "transformer" and manifest["tokenizer"] == "char" and manifest["adapter"] == "merged"
+    assert manifest["image_tokenizer"] is None and manifest["codebook_offset"] is None and manifest["recipe"] == "tiny"
+    backbone, tokenizer = load_model(str(folder))
+    assert backbone.vocab_size == tokenizer.vocab_size
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "backbone": "transfomer"}))  # the manifest decides
+    assert main(["sample", "--model", str(folder), "--prompt", "1+2="]) == 2
+    err = capsys.readouterr().err
+    assert MANIFEST in err and "did you mean 'transformer'" in err
