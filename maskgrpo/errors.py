@@ -16,6 +16,28 @@ class UnknownComponentError(MaskGRPOError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def quote(value: object, limit: int = 120) -> str:
+    """repr() of a user's value, cut to `limit` characters: an error message must stay one line
+    however large (or however expanded by YAML aliases) the value is."""
+    import reprlib
+
+    r = reprlib.Repr()  # Python 3.11's Repr takes its limits as attributes
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 3, limit, limit, 8, 8
+    short = r.repr(value)
+    return short if len(short) <= limit else short[: limit - 3] + "..."
+
+
+def no_bool_for_numbers(value: object, annotation: object, name: str) -> object:
+    """YAML reads `yes`/`no`/`true` as booleans, and pydantic would turn them into 1/0 for an int
+    or float field: refuse that instead of silently changing a setting."""
+    import typing
+
+    allowed = set(typing.get_args(annotation)) | {annotation}
+    if isinstance(value, bool) and bool not in allowed and allowed & {int, float}:
+        raise ValueError(f"expected a number, got the boolean {value}")
+    return value
+
+
 def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -> str:  # noqa: F821
     """One line naming the first offending field, e.g. `sampler.steps: Input should be a valid
     integer (got 'abc')`; pydantic's multi-line report is too long for a CLI error."""
@@ -32,6 +54,6 @@ def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -
     else:
         message = first.get("msg", "invalid value")
         if "input" in first:
-            message += f" (got {first['input']!r})"
+            message += f" (got {quote(first['input'])})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{path}: {message}{more}"

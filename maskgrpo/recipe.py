@@ -20,7 +20,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import MaskGRPOError, RecipeError, format_validation_error
+from .errors import MaskGRPOError, RecipeError, format_validation_error, no_bool_for_numbers
 from .paths import resolve_fields, resolve_override
 from .registry import REGISTRIES, load_entry_point_plugins, load_plugins, load_presets
 
@@ -29,6 +29,11 @@ Spec = Union[str, dict[str, Any]]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: Any) -> Any:
+        return no_bool_for_numbers(value, cls.model_fields[info.field_name].annotation, info.field_name)
 
 
 class RewardSpec(_Strict):
@@ -162,12 +167,48 @@ class Recipe(_Strict):
 # -- loading -------------------------------------------------------------------------------------
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: a second `train:` section would
+    otherwise silently replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_YAML_VALUES = 100_000
+
+
+def _bounded_size(data: Any, budget: int = MAX_YAML_VALUES) -> int:
+    """How many values `data` expands to, counting shared (aliased) nodes each time they appear,
+    stopping at `budget`: a few aliases can expand to billions of values (a YAML bomb)."""
+    stack, count = [data], 0
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MaskGRPOError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -175,6 +216,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}:{where}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
+    if _bounded_size(data) > MAX_YAML_VALUES:
+        raise RecipeError(f"{path}: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?); refused")
     return data
 
 
@@ -194,7 +237,7 @@ def apply_override(data: dict[str, Any], assignment: str, path_fields: Mapping[s
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE")
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pydantic
 import yaml
 
-from .errors import MaskGRPOError, RecipeError, UnknownComponentError, format_validation_error
+from .errors import MaskGRPOError, RecipeError, UnknownComponentError, format_validation_error, no_bool_for_numbers
 from .paths import preset_dirs, resolve_paths
 
 
@@ -75,8 +75,17 @@ def _params_model(kind: str, name: str, obj: Callable[..., Any], callable_compon
         annotation = hints.get(pname, Any)
         default = ... if p.default is p.empty else p.default
         fields[pname] = (annotation, default)
-    config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())
-    return pydantic.create_model(f"{kind}:{name}", __config__=config, **fields)
+    base = type("Params", (_Params,), {"model_config": pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True, protected_namespaces=())})
+    return pydantic.create_model(f"{kind}:{name}", __base__=base, **fields)
+
+
+class _Params(pydantic.BaseModel):
+    """The options of a registered component; a boolean is never taken for a number."""
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: Any) -> Any:
+        return no_bool_for_numbers(value, cls.model_fields[info.field_name].annotation, info.field_name)
 
 
 class Registry:
@@ -266,13 +275,27 @@ def load_plugins(plugins: list[str], base_dir: Path | None = None) -> None:
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as err:  # noqa: BLE001 - a user's file: whatever it raises is their error
+                del sys.modules[module_name]
+                raise MaskGRPOError(f"plugins: {path}: {_import_failure(err)}") from None
         else:
             try:
                 importlib.import_module(plugin)
             except ModuleNotFoundError as err:
                 raise MaskGRPOError(f"plugins: cannot import module '{plugin}' ({err})") from None
+            except Exception as err:  # noqa: BLE001
+                raise MaskGRPOError(f"plugins: module '{plugin}': {_import_failure(err)}") from None
         _state.plugins.append(key)
+
+
+def _import_failure(err: Exception) -> str:
+    """One line for a plugin that fails to import: the line of a syntax error, else what it raised."""
+    if isinstance(err, SyntaxError):
+        return f"line {err.lineno}: syntax error: {err.msg}"
+    lines = str(err).strip().splitlines()
+    return f"raised {type(err).__name__} on import" + (f": {lines[0][:200]}" if lines else "")
 
 
 def get_registry(kind: str) -> Registry:

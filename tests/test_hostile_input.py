@@ -1,0 +1,78 @@
+"""Hostile or careless input: one line naming the file or field, exit status 2, nothing run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from maskgrpo.cli import main
+
+from .conftest import tiny_grpo_recipe
+
+BOMB = """kind: grpo
+name: bomb
+output_dir: runs/bomb
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+seed: *h
+"""
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_a_yaml_bomb_is_refused_quickly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    started = time.time()
+    err = one_line_error(capsys, ["check", str(path)])
+    assert time.time() - started < 5 and "expands to more than" in err and len(err) < 300
+
+
+def test_an_error_message_quotes_a_bounded_part_of_a_large_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_grpo_recipe(tmp_path)
+    err = one_line_error(capsys, ["check", str(path), "--set", "seed=" + "[" + ",".join(["1"] * 5000) + "]"])
+    assert err.startswith("maskgrpo: error:") and "seed" in err and len(err) < 400
+
+
+def test_a_duplicated_key_or_section_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_grpo_recipe(tmp_path)
+    path.write_text(path.read_text() + "train:\n  steps: 100\n")
+    err = one_line_error(capsys, ["check", str(path)])
+    assert "duplicate key 'train'" in err and str(path) in err
+
+
+@pytest.mark.parametrize("assignment", ["train.steps=yes", "train.prompts_per_step=true", "grpo.beta=no", "estimator.min_mask_rate=yes"])
+def test_booleans_are_not_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str], assignment: str) -> None:
+    err = one_line_error(capsys, ["check", str(tiny_grpo_recipe(tmp_path)), "--set", assignment])
+    assert assignment.split("=")[0].split(".")[-1] in err and "expected a number, got the boolean" in err
+
+
+def test_a_non_utf8_recipe_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    err = one_line_error(capsys, ["check", str(path)])
+    assert str(path) in err and "not UTF-8" in err
+
+
+@pytest.mark.parametrize(
+    "source,expected",
+    [("def broken(:\n    pass\n", "line 1: syntax error"), ("raise RuntimeError('no network here')\n", "raised RuntimeError on import: no network here")],
+)
+def test_a_plugin_that_fails_to_import_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, expected: str) -> None:
+    (tmp_path / "bad_plugin.py").write_text(source)
+    path = tiny_grpo_recipe(tmp_path, plugins=["bad_plugin.py"])
+    err = one_line_error(capsys, ["check", str(path)])
+    assert "bad_plugin.py" in err and expected in err
