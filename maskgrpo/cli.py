@@ -50,6 +50,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if kind in ("grpo", "sft"):
         from .planner import plan_recipe
 
+        _check_cheap_components(recipe)
         _check_evaluation(recipe)
         plan = plan_recipe(recipe, args.num_processes, args.prompt_length)  # refuses batches that cannot split
     print(f"{args.recipe}: ok ({recipe.kind} recipe '{recipe.name}')")
@@ -58,6 +59,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.show:
         print(recipe.model_dump_json(indent=2))
     return 0
+
+
+def _check_cheap_components(recipe) -> None:
+    """Build what costs nothing to build (samplers, estimator), so `check` refuses every setting
+    their constructors refuse in `train` (gen_length vs block_length, steps vs blocks, ...), with
+    the same one-line message."""
+    from .registry import estimators, samplers
+
+    for field in ("sampler", "eval_sampler"):
+        spec = getattr(recipe, field)
+        if spec is not None:
+            try:
+                samplers.build(spec, where=field)
+            except MaskGRPOError as err:
+                raise MaskGRPOError(f"{recipe.source}: {err}") from None
+    if recipe.estimator is not None:
+        try:
+            estimators.build(recipe.estimator, where="estimator")
+        except MaskGRPOError as err:
+            raise MaskGRPOError(f"{recipe.source}: {err}") from None
 
 
 def _check_evaluation(recipe) -> None:
@@ -136,7 +157,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval_cli
+    from .eval import run_eval_cli
 
     return run_eval_cli(args)
 

@@ -76,3 +76,18 @@ def test_a_plugin_that_fails_to_import_is_one_line(tmp_path: Path, capsys: pytes
     path = tiny_grpo_recipe(tmp_path, plugins=["bad_plugin.py"])
     err = one_line_error(capsys, ["check", str(path)])
     assert "bad_plugin.py" in err and expected in err
+
+
+@pytest.mark.parametrize(
+    "assignments,expected",
+    [
+        (["sampler.block_length=3"], "sampler.block_length: 3 must divide gen_length 8"),
+        (["sampler.gen_length=16", "sampler.steps=3"], "sampler.steps: 3 must be a positive multiple of the 2 blocks"),
+        (["sampler.gen_length=24", "sampler.steps=3"], "24 completion tokens fill the backbone's max_length 24"),
+        (["estimator.min_mask_rate=1.5"], "estimator.min_mask_rate: must be in [0, 1)"),
+    ],
+)
+def test_check_refuses_what_train_would(tmp_path: Path, capsys: pytest.CaptureFixture[str], assignments: list[str], expected: str) -> None:
+    path = tiny_grpo_recipe(tmp_path)
+    err = one_line_error(capsys, ["check", str(path), *[x for a in assignments for x in ("--set", a)]])
+    assert expected in err, err
