@@ -133,7 +133,10 @@ def load_model(name_or_path: str) -> tuple[Any, Any]:
         tokenizer = build_tokenizer({"type": "word", "path": str(folder)})
     else:
         tokenizer = build_tokenizer({"type": "hf", "path": str(folder)})
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    try:
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MaskGRPOError(f"--model: {folder / 'config.json'} is not valid JSON ({err})") from None
     kind = "transformer" if config.get("_class_name") == "MaskedTransformer" else "hf"
     if config.get("model_type") in ("llada", "mmada"):  # the native LLaDA / MMaDA backbone
         kind = "llada"

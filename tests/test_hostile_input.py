@@ -91,3 +91,74 @@ def test_check_refuses_what_train_would(tmp_path: Path, capsys: pytest.CaptureFi
     path = tiny_grpo_recipe(tmp_path)
     err = one_line_error(capsys, ["check", str(path), *[x for a in assignments for x in ("--set", a)]])
     assert expected in err, err
+
+
+def saved_model(tmp_path: Path) -> Path:
+    from maskgrpo.backbones.transformer import MaskedTransformer
+    from maskgrpo.tokenizers.char import CharTokenizer
+
+    tokenizer = CharTokenizer()
+    folder = tmp_path / "model"
+    MaskedTransformer(tokenizer.vocab_size, tokenizer.mask_token_id, max_length=24, d_model=16, n_layers=1, n_heads=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def break_weights_truncate(folder: Path) -> None:
+    f = folder / "diffusion_pytorch_model.safetensors"
+    f.write_bytes(f.read_bytes()[:200])
+
+
+def break_weights_zero(folder: Path) -> None:
+    f = folder / "diffusion_pytorch_model.safetensors"
+    f.write_bytes(bytes(f.stat().st_size))
+
+
+def break_weights_missing(folder: Path) -> None:
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+
+
+def break_tensor_missing(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(f))
+    del state["head.weight"]
+    save_file(state, str(f))
+
+
+def break_config_json(folder: Path) -> None:
+    (folder / "config.json").write_text("{not json")
+
+
+def break_config_layers(folder: Path) -> None:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_layers": -1}))
+
+
+def break_tokenizer(folder: Path) -> None:
+    (folder / "char_tokenizer.json").write_text("[1, 2")
+
+
+@pytest.mark.parametrize(
+    "damage,expected",
+    [
+        (break_weights_truncate, "cannot read"),
+        (break_weights_zero, "cannot read"),
+        (break_weights_missing, "no diffusion_pytorch_model.safetensors"),
+        (break_tensor_missing, "tensor 'head.weight' is missing"),
+        (break_config_json, "config.json is not valid JSON"),
+        (break_config_layers, "backbone.n_layers: must be an integer >= 1, got -1"),
+        (break_tokenizer, "is not a saved tokenizer"),
+    ],
+)
+def test_a_broken_model_folder_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, expected: str) -> None:
+    """sample must not exit 0 on random weights: loading is strict and validated."""
+    folder = saved_model(tmp_path)
+    assert main(["sample", "--model", str(folder), "--prompt", "1+2="]) == 0
+    capsys.readouterr()
+    damage(folder)
+    err = one_line_error(capsys, ["sample", "--model", str(folder), "--prompt", "1+2="])
+    assert expected in err and str(folder) in err, err

@@ -7,6 +7,8 @@ text and images: image codes live in the same vocabulary after the text tokens (
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from torch import nn
 from ..errors import MaskGRPOError
 from ..registry import backbones
 from ..utils import atomic_directory
+from ..weights import check_tensors, load_tensors, shapes, tensor_files
 
 
 class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -48,6 +51,13 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         super().__init__()
         if positions not in ("left", "right"):
             raise MaskGRPOError(f"backbone.positions: must be 'left' or 'right', got {positions!r}")
+        for field, value, least in (("vocab_size", vocab_size, 2), ("max_length", max_length, 1), ("d_model", d_model, 1), ("n_layers", n_layers, 1), ("n_heads", n_heads, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise MaskGRPOError(f"backbone.{field}: must be an integer >= {least}, got {value!r}")
+        if d_model % n_heads:
+            raise MaskGRPOError(f"backbone.n_heads: {n_heads} must divide d_model {d_model}")
+        if not 0 <= mask_token_id < vocab_size:
+            raise MaskGRPOError(f"backbone.mask_token_id: {mask_token_id} is outside the vocabulary of {vocab_size}")
         self.embed = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Parameter(torch.zeros(1, max_length, d_model))
         self.blocks = nn.ModuleList(
@@ -119,6 +129,39 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             super().save_pretrained(tmp, safe_serialization=True, **kwargs)
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def load_transformer(folder: Path) -> MaskedTransformer:
+    """A saved transformer, loaded strictly: a bad config.json, a missing, truncated or foreign
+    weights file, a missing or unexpected tensor is one line naming the folder (diffusers'
+    loader would warn and leave missing weights random)."""
+    where = f"backbone.path: {folder}"
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise MaskGRPOError(f"{where}: no saved model here (config.json missing)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MaskGRPOError(f"{where}: config.json is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("_class_name") != "MaskedTransformer":
+        raise MaskGRPOError(f"{where}: config.json is not a MaskedTransformer config")
+    allowed = set(inspect.signature(MaskedTransformer.__init__).parameters) - {"self"}
+    options = {k: v for k, v in config.items() if k in allowed}
+    missing = {"vocab_size", "mask_token_id"} - set(options)
+    if missing:
+        raise MaskGRPOError(f"{where}: config.json lacks {sorted(missing)[0]}")
+    try:
+        model = MaskedTransformer(**options)
+    except MaskGRPOError as err:
+        raise MaskGRPOError(f"{where}: config.json: {err}") from None
+    files = tensor_files(folder, where, single=(WEIGHTS,))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_tensors(shapes(files, where), expected, where, folder)
+    load_tensors(model, files, torch.float32)
+    return model
+
+
 @backbones.register("transformer")
 def build_transformer(
     path: str | None = None,
@@ -137,9 +180,7 @@ def build_transformer(
     `positions: right` aligns position embeddings to the end of the sequence (batch-invariant
     with left padding); `left` is the older layout, kept for checkpoints trained with it."""
     if path is not None:
-        if not (Path(path) / "config.json").is_file():
-            raise MaskGRPOError(f"backbone.path: no saved model at {path} (config.json missing)")
-        return MaskedTransformer.from_pretrained(path)
+        return load_transformer(Path(path))
     if vocab_size is None or mask_token_id is None:
         raise MaskGRPOError("backbone: a new transformer needs vocab_size and mask_token_id (or a path)")
     return MaskedTransformer(vocab_size, mask_token_id, max_length, d_model, n_layers, n_heads, mlp_ratio, dropout, positions)

@@ -26,7 +26,10 @@ class CharTokenizer:
             file = Path(path) / self.FILE
             if not file.is_file():
                 raise MaskGRPOError(f"tokenizer: {file} not found")
-            alphabet = json.loads(file.read_text())["alphabet"]
+            try:
+                alphabet = json.loads(file.read_text())["alphabet"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                raise MaskGRPOError(f"tokenizer: {file} is not a saved tokenizer (JSON with 'alphabet')") from None
         if len(set(alphabet)) != len(alphabet):
             raise MaskGRPOError("tokenizer.alphabet: characters must be unique")
         self.alphabet = alphabet

@@ -30,7 +30,10 @@ class WordTokenizer:
             file = Path(path) / self.FILE
             if not file.is_file():
                 raise MaskGRPOError(f"tokenizer: {file} not found")
-            words = json.loads(file.read_text())["words"]
+            try:
+                words = json.loads(file.read_text())["words"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                raise MaskGRPOError(f"tokenizer: {file} is not a saved tokenizer (JSON with 'words')") from None
         if len(set(words)) != len(words):
             raise MaskGRPOError("tokenizer.words: words must be unique")
         self.words = list(words)
