@@ -161,8 +161,32 @@ class RunDirectory:
             raise MaskGRPOError(f"--resume: no checkpoint in {self.checkpoint}")
         if not resume and not overwrite and self.checkpoint.exists():
             raise MaskGRPOError(f"{self.path}: holds the checkpoint of an earlier run; continue it with --resume or replace it with --overwrite")
+        if resume:
+            self._check_resumable(recipe_yaml)
         if self.is_main:
             atomic_write_text(self.path / "recipe.yaml", recipe_yaml)
+
+    def _check_resumable(self, recipe_yaml: str) -> None:
+        """`--resume` continues the run that is on disk: a changed setting that the checkpoint
+        or the random draws depend on (group size, learning rate, model, seed, ...) is refused,
+        naming the fields; only the length and the bookkeeping of the run may change."""
+        import yaml
+
+        saved_file = self.path / "recipe.yaml"
+        if not saved_file.is_file():
+            return
+        saved, now = _flatten(yaml.safe_load(saved_file.read_text()) or {}), _flatten(yaml.safe_load(recipe_yaml) or {})
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k, _ABSENT) != now.get(k, _ABSENT))
+        unsafe = [k for k in changed if k not in SAFE_ON_RESUME]
+        if unsafe:
+            shown = ", ".join(f"{k} ({saved.get(k, 'unset')!r} -> {now.get(k, 'unset')!r})" for k in unsafe[:3])
+            more = f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else ""
+            raise MaskGRPOError(
+                f"--resume: the recipe changed since the checkpoint: {shown}{more}; resuming would not continue that run "
+                f"(only {', '.join(sorted(SAFE_ON_RESUME))} may change); use --overwrite to start over"
+            )
+        if changed and self.is_main:
+            print("resume: " + ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed) + " (allowed)")
 
     def save(self, modules: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
         """Atomic checkpoint: each module's weights as `<name>.safetensors` beside the trainer
@@ -224,6 +248,26 @@ class RunDirectory:
                     self.accelerator.log(scalars, step=int(row["step"]))
 
             yield write
+
+
+# What may change on --resume: how long the run goes on and what it logs; nothing the saved
+# optimizer, the model or the random draws depend on.
+SAFE_ON_RESUME = {
+    f"{section}.{key}"
+    for section in ("train", "sft")
+    for key in ("steps", "eval_every", "save_every", "eval_batch_size", "report_to")
+}
+_ABSENT = object()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b': value} for nested mappings; lists are compared whole."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def tensorboard_writer(accelerator: Any) -> Any | None:

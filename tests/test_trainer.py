@@ -449,3 +449,15 @@ def test_the_model_folder_describes_itself_and_load_model_reads_it(tmp_path: Pat
     assert main(["sample", "--model", str(folder), "--prompt", "1+2="]) == 2
     err = capsys.readouterr().err
     assert MANIFEST in err and "did you mean 'transformer'" in err
+
+
+def test_resume_refuses_a_changed_recipe_and_allows_more_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_grpo_recipe(tmp_path, train={"steps": 1, "prompts_per_step": 2, "eval_every": 0, "report_to": []})
+    assert main(["train", str(path), "--no-progress"]) == 0
+    capsys.readouterr()
+    for change in (["grpo.group_size=8"], ["optim.lr=0.5"], ["seed=3"], ["backbone.d_model=64"]):
+        assert main(["train", str(path), "--no-progress", "--resume", "--set", change[0]]) == 2
+        err = capsys.readouterr().err
+        assert "--resume: the recipe changed since the checkpoint: " + change[0].split("=")[0] in err, err
+    assert main(["train", str(path), "--no-progress", "--resume", "--set", "train.steps=2"]) == 0
+    assert "resume: train.steps 1 -> 2 (allowed)" in capsys.readouterr().out
