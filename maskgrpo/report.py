@@ -1,12 +1,14 @@
-"""The run's human-readable summary: report.md and a PNG of reward and accuracy curves."""
+"""The run's human-readable summary: report.md, a PNG of reward and accuracy curves, and the image
+grid of samples (also `maskgrpo eval`'s grid.png)."""
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .utils import atomic_write_text
+from .utils import atomic_save_image, atomic_write_text
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -74,30 +76,77 @@ def write_report(
     return {"before": before, "after": after, "steps": len(rows), "seconds": seconds}
 
 
-def save_image_grid(images: list, captions: list[str], target: Path, cols: int = 8, scale: int = 3) -> None:
-    """Samples people look at: each image enlarged, its prompt underneath."""
-    from PIL import Image, ImageDraw
+PASS_COLOR, FAIL_COLOR = (40, 170, 60), (220, 40, 40)
+
+
+def save_image_grid(
+    images: Sequence[Any],
+    captions: Sequence[str],
+    target: Path,
+    cols: int = 8,
+    scale: int = 3,
+    *,
+    cell: int | None = None,
+    passed: Sequence[bool] | None = None,
+    notes: Sequence[str] | None = None,
+    header: Sequence[str] = (),
+    caption_lines: int = 2,
+    note_lines: int = 3,
+) -> None:
+    """The one image grid people look at (training samples and `maskgrpo eval`'s grid.png): each
+    image fitted into a square of `cell` pixels (default: `scale` times the first image, pixels
+    kept sharp), its caption underneath. With `passed`, a green (pass) or red (fail) border and
+    each image's `notes` (the reason a check failed) in that colour; `header` lines on top."""
+    from PIL import Image, ImageDraw, ImageFont
 
     if not images:
         return
-    w, h = images[0].size
-    cw, ch = w * scale, h * scale + 28
+    try:
+        font = ImageFont.load_default(11)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    side = cell or max(images[0].size) * scale
+    border = 4 if passed is not None else 0
+    line_h, pad = 13, 6
+    text_lines = caption_lines + (note_lines if notes is not None else 0)
+    cw = side + 2 * border + pad
+    ch = side + 2 * border + text_lines * line_h + pad
+    top = len(header) * line_h + pad if header else 0
     rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * cw, rows * ch), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, (image, caption) in enumerate(zip(images, captions)):
-        x, y = (i % cols) * cw, (i // cols) * ch
-        grid.paste(image.resize((w * scale, h * scale), Image.NEAREST), (x, y))
-        words, line, lines = caption.replace("a photo of ", "").split(), "", []
-        for word in words:
-            if len(line) + len(word) > cw // 6:
-                lines.append(line)
-                line = ""
-            line = f"{line} {word}".strip()
-        lines.append(line)
-        for k, text in enumerate(lines[:2]):
-            draw.text((x + 2, y + h * scale + 2 + 12 * k), text, fill="black")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    grid.save(tmp)
-    tmp.replace(target)
+    canvas = Image.new("RGB", (cols * cw + pad, top + rows * ch + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(header):
+        draw.text((pad, 2 + j * line_h), _fit(text, font, canvas.width - 2 * pad), fill=(0, 0, 0) if j == 0 else (60, 60, 60), font=font)
+    chars = max(8, int(side / max(font.getlength("n"), 1.0)))
+    for i, image in enumerate(images[: len(captions)]):
+        x0, y0 = pad + (i % cols) * cw, top + pad + (i // cols) * ch
+        color = (0, 0, 0)
+        if passed is not None:
+            color = PASS_COLOR if passed[i] else FAIL_COLOR
+            draw.rectangle((x0, y0, x0 + side + 2 * border - 1, y0 + side + 2 * border - 1), fill=color)
+        im = image.convert("RGB")
+        fit = side / max(im.size)
+        im = im.resize((max(1, round(im.width * fit)), max(1, round(im.height * fit))), Image.NEAREST if fit >= 1 else Image.LANCZOS)
+        canvas.paste(im, (x0 + border + (side - im.width) // 2, y0 + border + (side - im.height) // 2))
+        lines = _wrap(captions[i].replace("a photo of ", ""), chars, caption_lines)
+        shown = len(lines)
+        if notes is not None:
+            lines += _wrap(notes[i], chars, text_lines - shown)
+        for j, text in enumerate(lines):
+            draw.text((x0, y0 + side + 2 * border + 2 + j * line_h), text, fill=(0, 0, 0) if j < shown else color, font=font)
+    atomic_save_image(canvas, target)
+
+
+def _wrap(text: str, chars: int, most: int) -> list[str]:
+    """`text` wrapped at `chars`, at most `most` lines; a cut ends in an ellipsis."""
+    lines = textwrap.wrap(text, chars)
+    if len(lines) > most > 0:
+        lines = lines[:most]
+        lines[-1] = lines[-1][: chars - 1] + "\u2026"
+    return lines[: max(most, 0)]
+
+
+def _fit(text: str, font: Any, width: float) -> str:
+    while text and font.getlength(text) > width:
+        text = text[:-2] + "\u2026" if len(text) > 2 else ""
+    return text

@@ -16,7 +16,7 @@ from PIL import Image
 
 from maskgrpo.cli import main
 from maskgrpo.errors import MaskGRPOError, RecipeError
-from maskgrpo.evaluate import bundled_suites, evaluate_suite, load_suite, validate_geneval_row
+from maskgrpo.eval import bundled_suites, evaluate_suite, load_suite, validate_geneval_row
 from maskgrpo.metrics.math import gold_answer
 from maskgrpo.tasks.shapes import TAGS, write_geneval_folder
 

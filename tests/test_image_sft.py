@@ -196,7 +196,7 @@ def test_geneval_reward_scores_images_like_the_metric() -> None:
 def test_eval_generates_images_from_a_saved_model_and_scores_them(tiny_vq: Path, tmp_path: Path) -> None:
     """`maskgrpo eval SUITE --model DIR` on an image suite: the suite's sampler and VQ tokenizer
     make `samples_per_prompt` images per row in GenEval's layout, which are then scored."""
-    from maskgrpo.evaluate import evaluate_suite
+    from maskgrpo.eval import evaluate_suite
 
     words = build_tokenizer("word")
     image_tokenizer = build_tokenizer({"type": "vq", "path": str(tiny_vq)})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskgrpo.evaluate import bundled_suites, load_suite
+from maskgrpo.eval import bundled_suites, load_suite
 from maskgrpo.paths import package_dir, preset_dirs, suite_dirs
 from maskgrpo.recipe import load_recipe
 from maskgrpo.registry import REGISTRIES, load_presets

@@ -503,7 +503,7 @@ def write_geneval_folder(
     `maskgrpo eval shapes --outputs PATH` scores. Every scene satisfies its row, except
     those named in `wrong`: `{(row, image): kind}` renders that image with `make_wrong(row, kind)`
     (kind in WRONG_KINDS), so it must fail. Seeded; returns `path`."""
-    from ..evaluate import save_geneval_folder
+    from ..eval.outputs import save_geneval_folder
 
     rng = random.Random(seed)
     wrong = wrong or {}
