@@ -22,6 +22,8 @@ import copy
 import json
 import math
 import random
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ from maskgrpo.metrics.detectors.base import GENEVAL_COLORS, Detection
 from maskgrpo.registry import detectors, load_presets, metrics, rewards
 from maskgrpo.tasks.shapes import make_example, make_wrong, render
 
+from .conftest import REPO
 from .test_geneval_metric import tiny_clip, tv_weights  # noqa: F401  (fixtures: the tiny local weights)
 
 torch.set_num_threads(1)
@@ -126,9 +129,15 @@ def cases(registry: Any, table: dict[str, tuple[str, list[dict[str, Any]]]]) -> 
 
 
 def test_every_registered_metric_reward_and_detector_has_a_tiny_spec() -> None:
-    assert set(metrics.names()) == set(TINY_METRICS), "add the new metric's tiny spec (and modality) to TINY_METRICS"
-    assert set(rewards.names()) == set(TINY_REWARDS), "add the new reward's tiny spec (and modality) to TINY_REWARDS"
-    assert set(detectors.names()) == set(TINY_DETECTORS), "add the new detector's tiny spec to TINY_DETECTORS"
+    """What `import maskgrpo` registers, read in a fresh interpreter: other tests register
+    components of their own (test plugins) in this process."""
+    script = "import json, maskgrpo; from maskgrpo.registry import REGISTRIES as R; print(json.dumps({k: R[k].names() for k in ('metrics', 'rewards', 'detectors')}))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(names["metrics"]) == set(TINY_METRICS), "add the new metric's tiny spec (and modality) to TINY_METRICS"
+    assert set(names["rewards"]) == set(TINY_REWARDS), "add the new reward's tiny spec (and modality) to TINY_REWARDS"
+    assert set(names["detectors"]) == set(TINY_DETECTORS), "add the new detector's tiny spec to TINY_DETECTORS"
 
 
 # -- metrics -----------------------------------------------------------------------------------------
