@@ -518,10 +518,7 @@ def train_clip(recipe: ClipRecipe, resume: bool = False, overwrite: bool = False
     model, opt = acc.prepare(model, optimizer)
     step, rows = 0, []
     if resume:
-        state = run_dir.load({"model": model})
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step, rows = state["step"], run_dir.read_metrics(state["step"])
+        _, step, rows = run_dir.resume({"model": model}, opt, sched)
     if cfg.report_to:
         acc.init_trackers("tb")
     held_out = eval_set(cfg.eval_scenes, recipe.image_size, seed=recipe.seed + 1_000_003)

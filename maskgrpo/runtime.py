@@ -217,6 +217,14 @@ class RunDirectory:
             safetensors.torch.load_model(module, str(self.checkpoint / f"{name}.safetensors"), device="cpu" if device.type == "cpu" else str(device))
         return state
 
+    def resume(self, modules: dict[str, torch.nn.Module], optimizer: Any, scheduler: Any) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+        """`--resume`: the checkpoint into the modules, optimizer and scheduler; returns the
+        state, its step and the metrics rows up to that step."""
+        state = self.load(modules)
+        optimizer.load_state_dict(state["opt"])
+        scheduler.load_state_dict(state["sched"])
+        return state, int(state["step"]), self.read_metrics(int(state["step"]))
+
     def read_metrics(self, up_to_step: int) -> list[dict[str, Any]]:
         """Rows of metrics.jsonl up to a step; a torn last line (a crash mid-write) is dropped."""
         path = self.path / "metrics.jsonl"

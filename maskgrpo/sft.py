@@ -131,10 +131,7 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
 
     start_step, rows = 0, []
     if resume:
-        state = run_dir.load({"model": backbone})
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start_step, rows = state["step"], run_dir.read_metrics(state["step"])
+        _, start_step, rows = run_dir.resume({"model": backbone}, opt, sched)
     if cfg.report_to:
         acc.init_trackers("tb")
     n_params = sum(p.numel() for p in backbone.parameters())

@@ -380,12 +380,10 @@ class GRPOTrainer:
         return self.run_dir.checkpoint
 
     def load_checkpoint(self) -> None:
-        state = self.run_dir.load({"policy": self.policy})
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
+        state, self.step, _ = self.run_dir.resume({"policy": self.policy}, self.opt, self.sched)
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
-        self.step, self.eval_history = state["step"], state["eval_history"]
+        self.eval_history = state["eval_history"]
 
     def export(self) -> Path:
         """The trained policy as a loadable model folder (backbone + tokenizer); a LoRA policy is

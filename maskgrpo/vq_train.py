@@ -142,11 +142,8 @@ def train_vq(recipe: VQRecipe, resume: bool = False, overwrite: bool = False, pr
     used = torch.zeros(model.quantize.embedding.num_embeddings, dtype=torch.bool, device=acc.device)
     step, rows = 0, []
     if resume:
-        state = run_dir.load({"model": model})
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
+        state, step, rows = run_dir.resume({"model": model}, opt, sched)
         used = state["used"].to(acc.device)
-        step, rows = state["step"], run_dir.read_metrics(state["step"])
     if cfg.report_to:
         acc.init_trackers("tb")
     if is_main:
