@@ -162,3 +162,27 @@ def test_a_broken_model_folder_is_one_line_naming_it(tmp_path: Path, capsys: pyt
     damage(folder)
     err = one_line_error(capsys, ["sample", "--model", str(folder), "--prompt", "1+2="])
     assert expected in err and str(folder) in err, err
+
+
+def test_eval_checks_its_output_folder_before_the_work(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing file, or a folder it cannot write under, is refused before any generation."""
+    import maskgrpo.eval.harness as harness
+
+    calls = []
+    monkeypatch.setattr(harness, "generate_text", lambda *a, **k: calls.append(1) or [])
+    taken = tmp_path / "results.txt"
+    taken.write_text("mine")
+    err = one_line_error(capsys, ["eval", "arith", "--model", "arith-small", "--out", str(taken)])
+    assert "exists and is not a folder" in err and taken.read_text() == "mine"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        import os
+
+        if os.geteuid() != 0:  # root writes anywhere: the permission case needs a normal user
+            err = one_line_error(capsys, ["eval", "arith", "--model", "arith-small", "--out", str(locked / "out")])
+            assert "cannot write under" in err
+    finally:
+        locked.chmod(0o700)
+    assert calls == []

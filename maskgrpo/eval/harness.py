@@ -27,6 +27,16 @@ DEFAULT_BATCH_SIZE = 64
 MAX_REPORTED_SKIPS = 100  # results.json lists at most this many skip reasons
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """The results folder must be creatable and writable: found out before minutes of
+    generation, not after them."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MaskGRPOError(f"--out: {out_dir} exists and is not a folder")
+    parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise MaskGRPOError(f"--out: cannot write under {parent}")
+
+
 def evaluate_suite(
     suite: str | os.PathLike[str] | Suite,
     *,
@@ -59,6 +69,7 @@ def evaluate_suite(
         raise MaskGRPOError(f"--batch-size: must be at least 1, got {batch_size}")
     spec = load_suite(suite, overrides)
     out_dir = Path(out) if out is not None else Path("runs") / "eval" / spec.name
+    check_output_dir(out_dir)  # before the work, not after it
     bad = BadRows(skip_bad)
     t0 = time.perf_counter()
     generation_seconds = None
