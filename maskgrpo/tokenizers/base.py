@@ -35,3 +35,24 @@ def decode_completion(tokenizer: TextTokenizer, ids: list[int]) -> str:
             continue
         out.append(i)
     return tokenizer.decode(out)
+
+
+def images_to_tensor(images: "list | torch.Tensor") -> "torch.Tensor":
+    """PIL images (or a float tensor [B, 3, H, W] in [0, 1], returned as is) -> that tensor;
+    what every image tokenizer's `to_tensor` does."""
+    import numpy as np
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        return images
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def tensor_to_images(images: "torch.Tensor") -> list:
+    """A tensor [B, 3, H, W] in [0, 1] (any float dtype or device) -> PIL images."""
+    import numpy as np
+    from PIL import Image
+
+    arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).detach().float().cpu().numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in arrays]

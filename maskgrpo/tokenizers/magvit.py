@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MaskGRPOError
 from ..registry import tokenizers
+from .base import images_to_tensor, tensor_to_images
 from ..utils import atomic_directory
 from ..weights import check_tensors, load_tensors, local_folder, shapes, tensor_files
 
@@ -326,20 +326,8 @@ class MagvitTokenizer:
     def downsample(self) -> int:
         return 2 ** (len(self.model.encoder_cfg.ch_mult) - 1)
 
-    @staticmethod
-    def to_tensor(images: list | torch.Tensor) -> torch.Tensor:
-        """PIL images or a float tensor [B, 3, H, W] in [0, 1] -> that tensor."""
-        if isinstance(images, torch.Tensor):
-            return images
-        arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-    @staticmethod
-    def to_pil(images: torch.Tensor) -> list:
-        from PIL import Image
-
-        arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).detach().float().cpu().numpy() * 255).round().astype(np.uint8)
-        return [Image.fromarray(a) for a in arrays]
+    to_tensor = staticmethod(images_to_tensor)
+    to_pil = staticmethod(tensor_to_images)
 
     @torch.no_grad()
     def encode(self, images: list | torch.Tensor) -> torch.Tensor:

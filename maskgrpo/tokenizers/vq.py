@@ -22,11 +22,11 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import MaskGRPOError
 from ..registry import tokenizers
+from .base import images_to_tensor, tensor_to_images
 from ..utils import atomic_directory
 
 SIDECAR = "maskgrpo_vq.json"
@@ -108,19 +108,8 @@ class VQImageTokenizer:
     def downsample(self) -> int:
         return 2 ** (len(self.model.config.block_out_channels) - 1)
 
-    @staticmethod
-    def to_tensor(images: list | torch.Tensor) -> torch.Tensor:
-        if isinstance(images, torch.Tensor):
-            return images
-        arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-    @staticmethod
-    def to_pil(images: torch.Tensor) -> list:
-        from PIL import Image
-
-        arrays = (images.clamp(0, 1).permute(0, 2, 3, 1).detach().cpu().numpy() * 255).round().astype(np.uint8)
-        return [Image.fromarray(a) for a in arrays]
+    to_tensor = staticmethod(images_to_tensor)
+    to_pil = staticmethod(tensor_to_images)
 
     def quantize(self, images: list | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes [B, h*w], commitment + codebook loss): what training and encoding share."""
