@@ -15,6 +15,7 @@ import pytest
 
 from maskgrpo.metrics import math as M
 from maskgrpo.metrics.math import Judgement, MathAccuracy, extract_answer, judge, judge_many, normalize_number
+from maskgrpo.metrics.math.verify import _verify_in_worker
 from maskgrpo.registry import metrics
 
 DATA = Path(__file__).resolve().parent.parent / "maskgrpo" / "suites" / "data"
@@ -311,7 +312,7 @@ def test_hostile_input_is_bounded(warm, name):
 
 def test_worker_times_out_and_recovers(warm):
     t0 = time.monotonic()
-    ok, reason = M._verify_in_worker("10^{10^{10^{10}}}", "1", timeout=0.5)
+    ok, reason = _verify_in_worker("10^{10^{10^{10}}}", "1", timeout=0.5)
     assert (ok, reason) == (False, "timeout")
     assert time.monotonic() - t0 < 1.0
     # the replacement answers normally, without a start-up wait
@@ -364,7 +365,7 @@ def test_math500_golds_verify_against_themselves(warm):
             "solution": judge(row["solution"], gold),  # the reference solution's last box
             "restyled": judge("The result is $\\boxed{" + gold.replace("\\frac", "\\dfrac").replace(" ", "") + "}$.", gold),
         }
-        ok, why = M._verify_in_worker(gold, gold, timeout=2.0)  # math_verify alone, no string shortcut
+        ok, why = _verify_in_worker(gold, gold, timeout=2.0)  # math_verify alone, no string shortcut
         checks["math_verify"] = Judgement(gold, ok, why)
         bad = {k: v.reason for k, v in checks.items() if not v.correct}
         if bad:
