@@ -20,7 +20,9 @@ count, colour, side or class) joins the batch as its own image-caption pair, so 
 has a hard negative image and every true image a hard negative caption. By default the variant is
 a minimal pair (`minimal_wrong`: the same scene recoloured, with one object's class changed or one
 object removed, or mirrored for a reversed relation); `make_wrong`'s fresh scenes are an option.
-Identical captions share one text column (several images can be its positives).
+Identical captions share one text column (several images can be its positives). The scenes,
+captions and hard negatives are the world's (`maskgrpo.worlds.shapes.clip_data`); this module is
+the program (model config, build/save/load, loss, evaluation, training loop).
 
 Evaluation on held-out scenes (a separate seed; wrong scenes made by `make_wrong`, i.e. new
 layouts): for every applicable wrong kind, how often the true caption scores above the wrong
@@ -57,10 +59,12 @@ from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from .errors import MaskGRPOError, RecipeError
+from .geneval_vocab import GenEvalTag
 from .recipe import _Strict, read_schema
 from .runtime import RunDirectory, StopSignal, lr_lambda, make_accelerator, stop_interrupted
-from .tokenizers.word import SHAPES_WORDS
 from .utils import atomic_directory, atomic_write_text
+from .worlds.shapes.clip_data import eval_set, training_batch
+from .worlds.shapes.vocabulary import WORDS, WrongKind
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")  # ids 0, 1, 2
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -94,10 +98,10 @@ class ClipTrainConfig(_Strict):
     hard_negatives: Literal["minimal", "make_wrong", "none"] = Field(
         "minimal", description="one wrong-variant image-caption pair per scene: the same scene with one thing changed, a new scene (make_wrong), or none"
     )
-    tag_weights: dict[Literal["single_object", "two_object", "counting", "colors", "position", "color_attr"], float] = Field(
+    tag_weights: dict[GenEvalTag, float] = Field(
         {}, description="relative frequency of each GenEval tag among training scenes (default 1 each)"
     )
-    wrong_kind_weights: dict[Literal["count", "color", "side", "class"], float] = Field(
+    wrong_kind_weights: dict[WrongKind, float] = Field(
         {"count": 1.0, "color": 1.0, "side": 1.0, "class": 1.0},
         description="how often each applicable wrong kind is drawn for a scene's hard negative (relative weights)",
     )
@@ -145,167 +149,6 @@ def check_timm_model(cfg: ClipModelConfig, where: str = "model.timm_model_name")
         raise RecipeError(f"{where}: unknown timm model '{cfg.timm_model_name}'{hint}")
 
 
-# -- captions ---------------------------------------------------------------------------------------
-def caption_for(row: dict[str, Any]) -> str:
-    """The GenEval-style prompt of a metadata row (the phrasing of `make_metadata`), also for the
-    rows `wrong_metadata` makes, whose `prompt` field still names the original scene. A row with
-    nothing left to include (a single object's `count` variant: an empty scene) is "a photo of"."""
-    from .tasks.shapes import NUMBERS, PLURALS, _article
-
-    include = row["include"]
-
-    def phrase(entry: dict[str, Any]) -> str:
-        cls, n, color = entry["class"], int(entry["count"]), entry.get("color")
-        if row.get("tag") == "counting":
-            return f"{NUMBERS[n]} {cls if n == 1 else PLURALS[cls]}"
-        if n != 1:
-            return f"{NUMBERS[n]} {' '.join(filter(None, [color, PLURALS[cls]]))}"
-        words = " ".join(filter(None, [color, cls]))
-        return f"{_article(words)} {words}"
-
-    related = [e for e in include if "position" in e]
-    if related:
-        rel, target = related[0]["position"]
-        return f"a photo of {phrase(related[0])} {rel} {phrase(include[int(target)])}"
-    return ("a photo of " + " and ".join(phrase(e) for e in include)).strip()  # "a photo of": an empty scene
-
-
-def make_pair(rng: random.Random, size: int, tag_weights: dict[str, float] | None = None) -> tuple[dict[str, Any], list[Any]]:
-    """(metadata, objects) of a random prompt over the six GenEval tags, drawn with `tag_weights`
-    (default uniform); crowded layouts that do not fit are redrawn."""
-    from .tasks.shapes import TAGS, PlacementError, make_example
-
-    weights = [(tag_weights or {}).get(t, 1.0) for t in TAGS]
-    while True:
-        try:
-            return make_example(rng.choices(TAGS, weights)[0], rng, size)
-        except PlacementError:
-            continue
-
-
-def wrong_variant(row: dict[str, Any], kind: str, rng: random.Random, size: int) -> tuple[str, list[Any]] | None:
-    """(caption, objects) of a scene that violates `row` in the way `kind` names (as `make_wrong`
-    makes it), or None when no such scene fits."""
-    from .tasks.shapes import PlacementError, objects_for_metadata, wrong_metadata
-
-    try:
-        wrong = wrong_metadata(row, kind, rng)
-        return caption_for(wrong), objects_for_metadata(wrong, rng, size)
-    except (PlacementError, ValueError):
-        return None
-
-
-def minimal_wrong(row: dict[str, Any], objects: list[Any], kind: str, rng: random.Random, size: int) -> tuple[str, list[Any], str | None] | None:
-    """A wrong variant that differs from the correct scene only where `kind` says: `color` and
-    `class` recolour / replace the changed object in place (same centre and circumradius, so it
-    still fits), `side` mirrors the whole scene across the relation's axis, `count` removes an
-    object (or, for a counting row asking for one more, draws a new scene). The row comes from
-    `wrong_metadata`, so captions are those of `make_wrong`. Returns (caption, objects, flip)
-    with flip in (None, "x", "y"), or None when the variant cannot be made."""
-    import copy
-
-    from .tasks.shapes import PlacementError, objects_for_metadata, wrong_metadata
-
-    try:
-        wrong = wrong_metadata(row, kind, rng)
-    except ValueError:
-        return None
-    caption = caption_for(wrong)
-    old, new = row["include"], wrong["include"]
-    starts = [sum(int(e["count"]) for e in old[:i]) for i in range(len(old))]
-    objs = [copy.copy(o) for o in objects]
-    flip = None
-    if kind in ("color", "class") and len(old) == len(new):
-        changed = [i for i, (a, b) in enumerate(zip(old, new)) if a.get(kind) != b.get(kind)]
-        if len(changed) != 1:
-            return None
-        i = changed[0]
-        for o in objs[starts[i] : starts[i] + int(old[i]["count"])]:
-            if kind == "color":
-                o.color = new[i]["color"]
-            else:
-                o.shape = new[i]["class"]
-                o.rotation = 0.0 if o.shape == "circle" else rng.uniform(0.0, 360.0)
-    elif kind == "side":
-        rel = next(e["position"][0] for e in old if "position" in e)
-        flip = "x" if rel in ("left of", "right of") else "y"
-    elif kind == "count" and row["tag"] == "counting":
-        n_old, n_new = int(old[0]["count"]), int(new[0]["count"])
-        if n_new == n_old - 1:
-            objs.pop(rng.randrange(len(objs)))
-        else:
-            try:
-                objs = objects_for_metadata(wrong, rng, size)
-            except (PlacementError, ValueError):
-                return None
-    elif kind == "count":
-        kept = {e["class"] for e in new}
-        gone = [i for i, e in enumerate(old) if e["class"] not in kept]
-        if len(gone) != 1:
-            return None
-        i = gone[0]
-        del objs[starts[i] : starts[i] + int(old[i]["count"])]
-    else:
-        return None
-    return caption, objs, flip
-
-
-def render_variant(objects: list[Any], size: int, seed: int, flip: str | None = None) -> Any:
-    from PIL import Image
-
-    from .tasks.shapes import render
-
-    image = render(objects, size=size, seed=seed)
-    if flip == "x":
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if flip == "y":
-        return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    return image
-
-
-def training_batch(
-    rng: random.Random,
-    n: int,
-    size: int,
-    hard_negatives: str,
-    kind_weights: dict[str, float] | None = None,
-    tag_weights: dict[str, float] | None = None,
-) -> tuple[list[Any], list[str]]:
-    """Images and their captions: n correct scenes, then one wrong variant of each (an applicable
-    kind drawn with `kind_weights`, default uniform): `minimal` (`minimal_wrong`: the same scene
-    with one thing changed), `make_wrong` (a new scene of the wrong row) or `none`."""
-    from .tasks.shapes import render, wrong_kinds
-
-    images, captions = [], []
-    scenes = []
-    for _ in range(n):
-        row, objects = make_pair(rng, size, tag_weights)
-        scenes.append((row, objects))
-        images.append(render(objects, size=size, seed=rng.randrange(2**31)))
-        captions.append(row["prompt"])
-    if hard_negatives == "none":
-        return images, captions
-    for row, objects in scenes:
-        kinds = wrong_kinds(row)
-        weights = [(kind_weights or {}).get(k, 1.0) for k in kinds]
-        if sum(weights) <= 0:
-            continue
-        kind = rng.choices(kinds, weights)[0]
-        if hard_negatives == "minimal":
-            variant = minimal_wrong(row, objects, kind, rng, size)
-            if variant is None:
-                continue
-            caption, objs, flip = variant
-        else:
-            made = wrong_variant(row, kind, rng, size)
-            if made is None:
-                continue
-            (caption, objs), flip = made, None
-        captions.append(caption)
-        images.append(render_variant(objs, size, rng.randrange(2**31), flip))
-    return images, captions
-
-
 # -- the model folder -------------------------------------------------------------------------------
 def open_clip_config(cfg: ClipModelConfig) -> dict[str, Any]:
     """The `open_clip_config.json` of a model (open_clip's hf-hub / local-dir format)."""
@@ -321,7 +164,7 @@ def open_clip_config(cfg: ClipModelConfig) -> dict[str, Any]:
             },
             "text_cfg": {
                 "context_length": cfg.context_length,
-                "vocab_size": len(SPECIAL_TOKENS) + len(SHAPES_WORDS),
+                "vocab_size": len(SPECIAL_TOKENS) + len(WORDS),
                 # any non-empty name: from a local-dir: folder open_clip loads the folder's tokenizer
                 "hf_tokenizer_name": "maskgrpo-shapes-words",
                 "width": cfg.text_width,
@@ -349,7 +192,7 @@ def save_word_tokenizer(folder: Path, context_length: int) -> None:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in SHAPES_WORDS:
+    for word in WORDS:
         vocab[word] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -422,23 +265,6 @@ def clip_loss(model: Any, pixels: torch.Tensor, tokens: torch.Tensor, caption_in
     target = positives / positives.sum(1, keepdim=True)
     text_to_image = -(target * F.log_softmax(logits.T, dim=1)).sum(1).mean()
     return (image_to_text + text_to_image) / 2
-
-
-def eval_set(n: int, size: int, seed: int) -> list[dict[str, Any]]:
-    """Held-out scenes, each with a wrong variant for every applicable kind."""
-    from .tasks.shapes import render, wrong_kinds
-
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        row, objects = make_pair(rng, size)
-        item = {"tag": row["tag"], "caption": row["prompt"], "image": render(objects, size=size, seed=rng.randrange(2**31)), "wrong": {}}
-        for kind in wrong_kinds(row):
-            variant = wrong_variant(row, kind, rng, size)
-            if variant is not None:
-                item["wrong"][kind] = (variant[0], render(variant[1], size=size, seed=rng.randrange(2**31)))
-        items.append(item)
-    return items
 
 
 @torch.no_grad()

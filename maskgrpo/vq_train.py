@@ -2,7 +2,8 @@
 
 Loss: L1 + MSE reconstruction plus the quantiser's codebook and commitment terms (VQ-VAE's
 straight-through recipe, as diffusers' VectorQuantizer computes it). The recipe is its own small
-schema (`kind: vq`): `maskgrpo train-vq recipes/shapes-vq.yaml`.
+schema (`kind: vq`): `maskgrpo train-vq recipes/shapes-vq.yaml`. The renders come from the world
+(`maskgrpo.worlds.shapes.vq_data`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .recipe import Spec, _Strict, read_schema
 from .registry import load_presets, tokenizers
 from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum, stop_interrupted
 from .utils import make_generator
+from .worlds.shapes.vq_data import render_batch
 
 
 class VQTrainConfig(_Strict):
@@ -57,14 +59,6 @@ def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRe
     load_presets()
     tokenizers.validate(recipe.tokenizer, where="tokenizer")
     return recipe
-
-
-def render_batch(rng: random.Random, n: int, size: int) -> tuple[list[Any], list[dict]]:
-    """Correct renders for random GenEval-style prompts, all six tags."""
-    from .tasks.shapes import sample_scene
-
-    scenes = [sample_scene(rng, size=size) for _ in range(n)]
-    return [image for _, image in scenes], [metadata for metadata, _ in scenes]
 
 
 def reconstruction_agreement(tokenizer: Any, n: int, size: int, seed: int = 12345) -> float:

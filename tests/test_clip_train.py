@@ -14,20 +14,14 @@ import yaml
 from safetensors.torch import load_file
 
 from maskgrpo.cli import main
-from maskgrpo.clip_train import (
-    WEIGHTS_FILE,
-    ClipModelConfig,
-    build_clip,
-    caption_for,
-    load_clip_recipe,
-    make_pair,
-    minimal_wrong,
-    render_variant,
-)
+from maskgrpo.clip_train import WEIGHTS_FILE, ClipModelConfig, build_clip, load_clip_recipe
 from maskgrpo.errors import MaskGRPOError, RecipeError
 from maskgrpo.metrics.geneval import GenEvalMetric
 from maskgrpo.registry import metrics, rewards
-from maskgrpo.tasks.shapes import TAGS, make_metadata, render, wrong_kinds
+from maskgrpo.worlds.shapes.clip_data import caption_for, make_pair, minimal_wrong, render_variant
+from maskgrpo.worlds.shapes.prompts import make_metadata, wrong_kinds
+from maskgrpo.worlds.shapes.scene import render
+from maskgrpo.worlds.shapes.vocabulary import TAGS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = {"embed_dim": 16, "text_width": 16, "text_heads": 2, "text_layers": 1, "context_length": 12}
@@ -82,7 +76,7 @@ def test_minimal_wrong_variants_fail_the_original_prompt() -> None:
 
 @pytest.mark.parametrize("mode", ["minimal", "make_wrong", "none"])
 def test_training_batches_pair_each_scene_with_a_wrong_variant(mode: str) -> None:
-    from maskgrpo.clip_train import training_batch
+    from maskgrpo.worlds.shapes.clip_data import training_batch
 
     images, captions = training_batch(random.Random(0), 6, 32, mode, tag_weights={"position": 2.0})
     assert len(images) == len(captions) and all(im.size == (32, 32) for im in images)

@@ -18,7 +18,8 @@ from maskgrpo.cli import main
 from maskgrpo.errors import MaskGRPOError, RecipeError
 from maskgrpo.eval import bundled_suites, evaluate_suite, load_suite, validate_geneval_row
 from maskgrpo.metrics.math import gold_answer
-from maskgrpo.tasks.shapes import TAGS, write_geneval_folder
+from maskgrpo.worlds.shapes.prompts import write_geneval_folder
+from maskgrpo.worlds.shapes.vocabulary import TAGS
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from maskgrpo.errors import MaskGRPOError, RecipeError, UnknownComponentError
-from maskgrpo.metrics.detectors.base import GENEVAL_COLORS, Detection
+from maskgrpo.geneval_vocab import GENEVAL_COLORS
+from maskgrpo.metrics.detectors.base import Detection
 from maskgrpo.metrics.detectors.torchvision import TorchvisionDetector, coco_label_names, geneval_classes
 from maskgrpo.metrics.geneval import (
     ClipColorClassifier,
@@ -25,7 +26,9 @@ from maskgrpo.metrics.geneval import (
     relative_position,
 )
 from maskgrpo.registry import detectors, metrics
-from maskgrpo.tasks.shapes import make_example, make_metadata, make_wrong, objects_for_metadata, render
+from maskgrpo.worlds.shapes.placement import objects_for_metadata
+from maskgrpo.worlds.shapes.prompts import make_example, make_metadata, make_wrong
+from maskgrpo.worlds.shapes.scene import render
 
 torch.set_num_threads(1)
 BLANK = Image.new("RGB", (64, 64), (160, 160, 160))

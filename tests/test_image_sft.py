@@ -16,8 +16,8 @@ from maskgrpo.components import build_backbone, build_sampler, build_tokenizer
 from maskgrpo.errors import MaskGRPOError
 from maskgrpo.recipe import load_recipe
 from maskgrpo.registry import tasks
-from maskgrpo.tasks.shapes import TAGS
 from maskgrpo.trainer import GRPOTrainer
+from maskgrpo.worlds.shapes.vocabulary import TAGS
 
 from .conftest import REPO, vary_rewards
 
@@ -56,7 +56,9 @@ def test_hold_out_keeps_suite_prompts_of_large_tags_out_of_training() -> None:
 @pytest.mark.parametrize("tag", TAGS)
 def test_canonical_scenes_are_upright_on_the_token_grid_and_correct(tag: str) -> None:
     from maskgrpo.metrics.geneval import GenEvalMetric
-    from maskgrpo.tasks.shapes import CANONICAL_GRID, make_example, render
+    from maskgrpo.worlds.shapes.placement import CANONICAL_GRID
+    from maskgrpo.worlds.shapes.prompts import make_example
+    from maskgrpo.worlds.shapes.scene import render
 
     rows, images = [], []
     for seed in range(40):
@@ -184,7 +186,8 @@ def test_image_recipe_needs_an_eval_metric_when_the_task_has_none(tmp_path: Path
 
 def test_geneval_reward_scores_images_like_the_metric() -> None:
     from maskgrpo.registry import rewards
-    from maskgrpo.tasks.shapes import make_example, make_wrong, render
+    from maskgrpo.worlds.shapes.prompts import make_example, make_wrong
+    from maskgrpo.worlds.shapes.scene import render
 
     metadata, objects = make_example("counting", 3)
     wrong = make_wrong(metadata, "count", 3)

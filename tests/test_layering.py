@@ -1,7 +1,9 @@
-"""Layering: no import cycle among the package's modules, and every module imports on its own.
+"""Layering: no import cycle among the package's modules, every module imports on its own, and
+the small worlds (`maskgrpo.worlds`) sit on top: general modules never import them.
 
 A cycle works until someone imports the modules in another order; a module that only imports
-because another one ran first breaks a user who imports just it.
+because another one ran first breaks a user who imports just it. A general module (sampler,
+estimator, GRPO loss, metric, harness, ...) that imports a world is tied to a toy.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def module_level_imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+def module_level_imports(name: str, path: Path, known: dict[str, Path], lazy: bool = False) -> set[str]:
     """The package modules `name` imports at module level (imports inside functions are lazy
-    on purpose and do not form load-time cycles)."""
+    on purpose and do not form load-time cycles); with `lazy`, those too."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     deps: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if lazy else tree.body:
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - max(node.level - 1, 0)] if node.level else []
             target = ".".join(base + [node.module]) if node.module else ".".join(base)
@@ -64,6 +67,36 @@ def test_no_import_cycle_among_package_modules() -> None:
     known = modules()
     graph = {name: module_level_imports(name, path, known) for name, path in known.items()}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+# Modules outside maskgrpo.worlds that may import a world: the package (importing it registers the
+# worlds' components) and the worlds' own training programs, which read their data from the world.
+WORLD_IMPORTERS = {"maskgrpo", "maskgrpo.clip_train", "maskgrpo.vq_train"}
+# Lazy imports of a world from a general module, each with its reason.
+LAZY_WORLD_IMPORTS = {
+    "maskgrpo.tokenizers.word": "`{type: word}` without words or path is the shapes world's vocabulary",
+}
+
+
+def test_general_modules_do_not_import_a_world() -> None:
+    known = modules()
+    assert "maskgrpo.worlds" in known and "maskgrpo.worlds.shapes.task" in known
+    bad = []
+    for name, path in known.items():
+        if name == "maskgrpo.worlds" or name.startswith("maskgrpo.worlds.") or name in WORLD_IMPORTERS:
+            continue
+        eager = {d for d in module_level_imports(name, path, known) if d.startswith("maskgrpo.worlds")}
+        lazy = {d for d in module_level_imports(name, path, known, lazy=True) if d.startswith("maskgrpo.worlds")}
+        if eager or (lazy and name not in LAZY_WORLD_IMPORTS):
+            bad.append(f"{name} imports {', '.join(sorted(eager | lazy))}")
+    assert not bad, "general modules must not import a world (move the code into the world, or pass it in):\n" + "\n".join(bad)
+
+
+def test_the_world_check_sees_lazy_imports() -> None:
+    known = modules()
+    word = "maskgrpo.tokenizers.word"
+    assert "maskgrpo.worlds.shapes.vocabulary" not in module_level_imports(word, known[word], known)
+    assert "maskgrpo.worlds.shapes.vocabulary" in module_level_imports(word, known[word], known, lazy=True)
 
 
 def test_the_cycle_finder_finds_cycles() -> None:

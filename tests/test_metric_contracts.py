@@ -30,9 +30,11 @@ import numpy as np
 import pytest
 import torch
 
-from maskgrpo.metrics.detectors.base import GENEVAL_COLORS, Detection
+from maskgrpo.geneval_vocab import GENEVAL_COLORS
+from maskgrpo.metrics.detectors.base import Detection
 from maskgrpo.registry import detectors, load_presets, metrics, rewards
-from maskgrpo.tasks.shapes import make_example, make_wrong, render
+from maskgrpo.worlds.shapes.prompts import make_example, make_wrong
+from maskgrpo.worlds.shapes.scene import render
 
 from .conftest import REPO
 from .test_geneval_metric import tiny_clip, tv_weights  # noqa: F401  (fixtures: the tiny local weights)

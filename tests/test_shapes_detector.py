@@ -13,29 +13,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from maskgrpo.metrics.detectors.shapes import (
-    MIN_IOU,
-    UNKNOWN,
-    ShapesDetector,
-    fit_ideal,
-    label_components,
-)
 from maskgrpo.metrics.geneval import evaluate_image
 from maskgrpo.registry import REGISTRIES, detectors
-from maskgrpo.tasks.shapes import (
-    BACKGROUND,
-    CLASSES,
-    COLORS,
-    TAGS,
-    ShapeObject,
-    make_example,
-    make_metadata,
-    make_wrong,
-    render,
-    suite_metadata,
-    wrong_kinds,
-    wrong_metadata,
-)
+from maskgrpo.worlds.shapes.detector import MIN_IOU, UNKNOWN, ShapesDetector
+from maskgrpo.worlds.shapes.geometry import fit_ideal, label_components
+from maskgrpo.worlds.shapes.prompts import make_example, make_metadata, make_wrong, suite_metadata, wrong_kinds, wrong_metadata
+from maskgrpo.worlds.shapes.scene import ShapeObject, render
+from maskgrpo.worlds.shapes.vocabulary import BACKGROUND, CLASSES, COLORS, TAGS
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 
 from maskgrpo.errors import MaskGRPOError
 from maskgrpo.registry import tasks
-from maskgrpo.tasks.arithmetic import ArithmeticTask, carry_mistake
+from maskgrpo.worlds.arithmetic.task import ArithmeticTask, carry_mistake
 
 from .conftest import REPO
 

@@ -9,7 +9,8 @@ import torch
 
 from maskgrpo.errors import MaskGRPOError
 from maskgrpo.registry import tokenizers
-from maskgrpo.tasks.shapes import make_example, render
+from maskgrpo.worlds.shapes.prompts import make_example
+from maskgrpo.worlds.shapes.scene import render
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_local_encoder_is_kept_through_save_and_load(vq, tmp_path: Path) -> None
 def test_shipped_tokenizer_codes_are_local() -> None:
     """An object in one corner leaves the codes of the far corner alone (diffusers' global
     GroupNorm and attention changed most of the grid, which made codes unlearnable)."""
-    from maskgrpo.tasks.shapes import ShapeObject
+    from maskgrpo.worlds.shapes.scene import ShapeObject
 
     vq = tokenizers.build({"type": "vq", "path": str(SHIPPED)})
     alone = [ShapeObject("circle", "red", 8, 8, 7)]

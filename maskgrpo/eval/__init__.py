@@ -33,12 +33,11 @@ rows and folders, the suite's prompts), `generate` (`--model`), `score` (the sui
 """
 
 from .harness import DEFAULT_BATCH_SIZE, evaluate_suite, run_eval_cli
-from .outputs import GENEVAL_TAGS, save_geneval_folder, validate_geneval_row
+from .outputs import save_geneval_folder, validate_geneval_row
 from .suite import Suite, SuiteFields, bundled_suites, check_suite, load_suite
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
-    "GENEVAL_TAGS",
     "Suite",
     "SuiteFields",
     "bundled_suites",

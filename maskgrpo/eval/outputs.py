@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import MaskGRPOError
+from ..geneval_vocab import GENEVAL_COLORS, GENEVAL_RELATIONS, GENEVAL_TAGS
 from ..utils import atomic_save_image, atomic_write_text
 from .suite import Suite
 
 __all__ = [
-    "GENEVAL_RELATIONS",
-    "GENEVAL_TAGS",
     "IMAGE_SUFFIXES",
     "BadRows",
     "iter_jsonl",
@@ -31,8 +30,6 @@ __all__ = [
     "validate_geneval_row",
 ]
 
-GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-GENEVAL_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -95,8 +92,6 @@ def validate_geneval_row(row: Any) -> str | None:
     include = row.get("include")
     if not isinstance(include, list) or not include:
         return "'include' must be a non-empty list"
-    from ..metrics.detectors.base import GENEVAL_COLORS
-
     for i, entry in enumerate(include):
         where = f"include.{i}"
         if not isinstance(entry, dict):

@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 
 from ..errors import MaskGRPOError
+from ..geneval_vocab import GENEVAL_COLORS
 from ..registry import detectors, metrics
-from .detectors import shapes as _shapes_backend  # noqa: F401  (registration)
 from .detectors import torchvision as _torchvision_backend  # noqa: F401  (registration)
-from .detectors.base import GENEVAL_COLORS, Detection, DetectorBackend
+from .detectors.base import Detection, DetectorBackend
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9

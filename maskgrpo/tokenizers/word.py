@@ -1,4 +1,5 @@
-"""Word-level tokenizer for the shapes world's prompts: 28 words, at most 10 per prompt."""
+"""Word-level tokenizer: one id per word of a fixed list. By default the list is the shapes
+world's 29 prompt words (`maskgrpo.worlds.shapes.vocabulary.WORDS`; at most 10 per prompt)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,16 @@ from ..registry import tokenizers
 from ..utils import atomic_write_text
 from .char import SPECIALS
 
-SHAPES_WORDS = (
-    "a an of and photo left right above below one two three four "
-    "circle circles square squares triangle triangles "
-    "red orange yellow green blue purple pink brown black white"
-).split()
-
 
 @tokenizers.register("word")
 class WordTokenizer:
     """One id per whitespace-separated, lower-cased word; ids 0-3 are <pad>, <mask>, <eos>, <unk>.
-    Build from a word list or load `word_tokenizer.json` from `path`."""
+    Build from a word list (default: the shapes world's words) or load `word_tokenizer.json` from
+    `path`."""
 
     FILE = "word_tokenizer.json"
 
-    def __init__(self, words: list[str] = SHAPES_WORDS, path: str | None = None):  # noqa: B006
+    def __init__(self, words: list[str] | None = None, path: str | None = None):
         if path is not None:
             file = Path(path) / self.FILE
             if not file.is_file():
@@ -34,6 +30,12 @@ class WordTokenizer:
                 words = json.loads(file.read_text())["words"]
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
                 raise MaskGRPOError(f"tokenizer: {file} is not a saved tokenizer (JSON with 'words')") from None
+        elif words is None:
+            # the one place a general module reaches into a world, lazily: `{type: word}` in a recipe
+            # means the shapes world's vocabulary (tests/test_layering.py allows exactly this import)
+            from ..worlds.shapes.vocabulary import WORDS
+
+            words = list(WORDS)
         if len(set(words)) != len(words):
             raise MaskGRPOError("tokenizer.words: words must be unique")
         self.words = list(words)

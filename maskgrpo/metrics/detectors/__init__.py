@@ -1,4 +1,7 @@
-"""Detector backends for GenEval-style scoring (registered in `maskgrpo.registry.detectors`)."""
+"""Detector backends for GenEval-style scoring (registered in `maskgrpo.registry.detectors`).
 
-from . import shapes, torchvision  # noqa: F401  (registration)
-from .base import GENEVAL_COLORS, Detection, DetectorBackend  # noqa: F401
+The shapes world's exact detector lives with its world (`maskgrpo.worlds.shapes.detector`).
+"""
+
+from . import torchvision  # noqa: F401  (registration)
+from .base import Detection, DetectorBackend  # noqa: F401

@@ -8,9 +8,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-# GenEval's colour vocabulary, in its order.
-GENEVAL_COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
-
 
 @dataclass
 class Detection:

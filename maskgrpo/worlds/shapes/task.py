@@ -14,11 +14,12 @@ import json
 import random
 from pathlib import Path
 
-from ..errors import MaskGRPOError
-from ..paths import package_dir
-from ..registry import tasks
-from .base import Example
-from .shapes import TAGS, sample_scene
+from ...errors import MaskGRPOError
+from ...paths import package_dir
+from ...registry import tasks
+from ...tasks.base import Example
+from .prompts import sample_scene
+from .vocabulary import TAGS
 
 HOLD_OUT_TAGS = ("colors", "position", "color_attr")
 SUITE = package_dir("suites") / "shapes" / "metadata.jsonl"

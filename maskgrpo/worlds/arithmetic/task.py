@@ -10,9 +10,9 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from ..errors import MaskGRPOError
-from ..registry import tasks
-from .base import Example
+from ...errors import MaskGRPOError
+from ...registry import tasks
+from ...tasks.base import Example
 
 
 @dataclass(frozen=True)
