@@ -123,7 +123,7 @@ def sampler_rows(args: argparse.Namespace, device: torch.device) -> list[dict[st
 PHASES = {
     # trainer attribute -> phase; a call inside another timed call counts for the outer one only
     "sampler.sample": "rollout",
-    "_completions": "vq decode",
+    "modality.decode": "vq decode",
     "rewards.score": "reward",
     "estimator.masked_view": "masks",
     "_logprobs": "old logp",  # outside an inner update or the reference: the old policy's

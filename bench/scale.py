@@ -53,7 +53,7 @@ def one_step(config: dict) -> dict:
     from maskgrpo.registry import estimators
     from maskgrpo.runtime import make_accelerator
     from maskgrpo.samplers.low_confidence import LowConfidenceSampler
-    from maskgrpo.trainer import apply_lora
+    from maskgrpo.policy import apply_lora
     from maskgrpo.utils import RowGenerators
 
     torch.manual_seed(0)

@@ -16,9 +16,8 @@ def _recipe(args: argparse.Namespace):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import REGISTRIES, get_registry, load_entry_point_plugins, load_plugins, load_presets
+    from .registry import REGISTRIES, get_registry, load_entry_point_plugins, load_plugins
 
-    load_presets()
     load_entry_point_plugins()
     load_plugins(args.plugin or [])
     kinds = [get_registry(args.kind).kind] if args.kind else list(REGISTRIES)

@@ -9,6 +9,7 @@ import torch
 
 from .backbones.base import Backbone
 from .data import encode_prompts
+from .modality import ImageModality, Modality
 from .samplers.base import Rollout
 from .tasks.base import Example
 from .tokenizers.base import TextTokenizer, decode_completion
@@ -93,8 +94,7 @@ def evaluate_accuracy(
 @torch.no_grad()
 def generate_images(
     backbone: Backbone,
-    tokenizer: TextTokenizer,
-    image_tokenizer,
+    modality: ImageModality,
     sampler,
     prompts: list[str],
     batch_size: int = 128,
@@ -102,23 +102,16 @@ def generate_images(
     device: torch.device | str = "cpu",
     row_ids: list[int] | None = None,
 ) -> list:
-    """PIL images for prompts: sampled code grids (after the text vocabulary), VQ-decoded."""
+    """PIL images for prompts: sampled code grids, decoded by the run's image modality."""
     images: list = []
-    for rollout in rollouts(backbone, tokenizer, sampler, prompts, batch_size, seed, device, row_ids):
-        images += codes_to_images(rollout.completion, tokenizer, image_tokenizer)
+    for rollout in rollouts(backbone, modality.tokenizer, sampler, prompts, batch_size, seed, device, row_ids):
+        images += modality.decode(rollout.completion)
     return images
-
-
-@torch.no_grad()
-def codes_to_images(completion: torch.Tensor, tokenizer: TextTokenizer, image_tokenizer) -> list:
-    """Completion ids (codes placed after the text vocabulary) -> PIL images."""
-    return image_tokenizer.to_pil(image_tokenizer.decode((completion - tokenizer.vocab_size).cpu()))
 
 
 def evaluate_images(
     backbone: Backbone,
-    tokenizer: TextTokenizer,
-    image_tokenizer,
+    modality: ImageModality,
     sampler,
     examples: list[Example],
     metric,
@@ -130,7 +123,7 @@ def evaluate_images(
     """A GenEval-style `metric` (built from the recipe: shapes detector, COCO detector, ...) on
     generated images: (metrics, images, records)."""
     rows = [e.columns["metadata"] for e in examples for _ in range(images_per_prompt)]
-    images = generate_images(backbone, tokenizer, image_tokenizer, sampler, [r["prompt"] for r in rows], batch_size, 0, device, row_ids)
+    images = generate_images(backbone, modality, sampler, [r["prompt"] for r in rows], batch_size, 0, device, row_ids)
     metric.reset()
     metric.update({"images": images, "metadata": rows})
     return metric.compute(), images, metric.records
@@ -139,8 +132,7 @@ def evaluate_images(
 def evaluate_sharded(
     accelerator,
     backbone: Backbone,
-    tokenizer: TextTokenizer,
-    image_tokenizer,
+    modality: Modality,
     sampler,
     examples: list[Example],
     metric=None,
@@ -158,10 +150,10 @@ def evaluate_sharded(
     shard = list(range(rank, len(examples), world))
     mine = [examples[i] for i in shard]
     with accelerator.autocast():
-        if image_tokenizer is None:
-            records = gather_list(accelerator, evaluate_accuracy(backbone, tokenizer, sampler, mine, batch_size, device, row_ids=shard).records)
+        if modality.name == "text":
+            records = gather_list(accelerator, evaluate_accuracy(backbone, modality.tokenizer, sampler, mine, batch_size, device, row_ids=shard).records)
             return sum(r["correct"] for r in records) / len(records), records, []
         row_ids = [i * images_per_prompt + k for i in shard for k in range(images_per_prompt)]
-        _, images, records = evaluate_images(backbone, tokenizer, image_tokenizer, sampler, mine, metric, images_per_prompt, batch_size, device, row_ids)
+        _, images, records = evaluate_images(backbone, modality, sampler, mine, metric, images_per_prompt, batch_size, device, row_ids)
     records, images = gather_list(accelerator, records), gather_list(accelerator, images[:48])
     return aggregate(records)["overall"], records, images

@@ -54,7 +54,8 @@ def grpo_token_loss(
     if logp_ref is not None:
         delta = logp_ref - logp
         kl = torch.exp(delta) - delta - 1
-        loss = loss + beta * kl
+        if beta > 0:  # at beta 0 the KL is only watched (an overflowing exp must not make 0 * inf)
+            loss = loss + beta * kl
     was_clipped = (clipped_ratio * advantages < unclipped).detach()
     return TokenLoss(loss, kl.detach(), was_clipped)
 

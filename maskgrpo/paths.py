@@ -113,7 +113,8 @@ def resolve_path(value: str, base: Path, where: str = "", must_be_path: bool = T
 
 def resolve_fields(data: dict[str, Any], fields: Mapping[str, str], base: Path, where: str = "") -> None:
     """In place: the path-bearing fields of a recipe or suite (`fields`: dotted name -> `spec`, a
-    component spec; `file`, a path; `plugins`, a list of modules or `.py` files)."""
+    component spec; `file`, a path; `suite`, a suite name or file; `plugins`, a list of modules
+    or `.py` files)."""
     for name, kind in fields.items():
         *parents, last = name.split(".")
         node: Any = data
@@ -128,6 +129,8 @@ def resolve_field(kind: str, value: Any, base: Path, key: str, where: str) -> An
         return resolve_paths(value, base, key, where)
     if kind == "file":
         return resolve_path(value, base, where) if isinstance(value, str) else value
+    if kind == "suite":  # a bundled suite's name, or a suite file
+        return resolve_path(value, base, where) if isinstance(value, str) and value.endswith((".yaml", ".yml")) else value
     if kind == "plugins":
         if not isinstance(value, list):
             return value

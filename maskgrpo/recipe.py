@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .errors import MaskGRPOError, RecipeError, format_validation_error, no_bool_for_numbers
 from .paths import resolve_fields, resolve_override
-from .registry import REGISTRIES, load_entry_point_plugins, load_plugins, load_presets
+from .registry import REGISTRIES, load_entry_point_plugins, load_plugins
 
 Spec = Union[str, dict[str, Any]]
 
@@ -53,7 +53,10 @@ class GRPOConfig(_Strict):
     num_iterations: int = Field(4, ge=1, description="inner updates per rollout batch (mu)")
     epsilon_low: float = Field(0.2, ge=0)
     epsilon_high: float = Field(0.2, ge=0)
-    beta: float = Field(0.0, ge=0, description="k3 KL weight; 0 loads no reference model")
+    beta: float = Field(0.0, ge=0, description="k3 KL weight in the loss")
+    monitor_kl: bool = Field(
+        True, description="compute the KL to the reference (metric `kl`) even at beta 0; without LoRA this keeps a frozen copy of the policy"
+    )
     advantage_std: Literal["group", "batch", "none"] = "group"
     loss_agg: Literal["token", "seq"] = "token"
     ref_sync_steps: int | None = Field(None, ge=1, description="copy the policy into the reference every K steps")
@@ -70,11 +73,21 @@ class OptimConfig(_Strict):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
 
 
+class EvalSuiteConfig(_Strict):
+    """The in-training evaluation as a suite: the number `maskgrpo eval SUITE --model` gives on
+    the saved model, computed by the same code at every `train.eval_every` steps."""
+
+    suite: str = Field(description="a bundled suite name (arith, shapes, ...) or a suite YAML, relative to the recipe")
+    set: list[str] = Field([], description="suite overrides as in `maskgrpo eval --set`, e.g. samples_per_prompt=8")
+    metric: str | None = Field(None, description="which of the suite's numbers is the score (default: overall, else the first)")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     eval_every: int = Field(50, ge=0, description="0: evaluate only before and after")
     save_every: int = Field(0, ge=0, description="0: save only at the end")
+    keep_best: bool = Field(False, description="also keep the policy of the best evaluation (step 0 included) in model-best/")
     device: str = Field("cpu", description="cpu, cuda or auto; under `accelerate launch` each process takes its own device")
     eval_batch_size: int = Field(256, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast with fp32 master weights (accelerate); bf16 works on CPU too")
@@ -136,6 +149,7 @@ class Recipe(_Strict):
     eval_metric: Spec | None = Field(
         None, description="image runs: the metric of the in-training evaluation (default: the task's own, e.g. shapes -> geneval with the shapes detector)"
     )
+    eval: EvalSuiteConfig | None = Field(None, description="evaluate on a suite instead of the task's held-out set")
     grpo: GRPOConfig = GRPOConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
@@ -226,6 +240,7 @@ RECIPE_PATHS: dict[str, str] = {
     **{name: "spec" for name in ("backbone", "tokenizer", "image_tokenizer", "task", "sampler", "eval_sampler", "estimator", "rewards", "eval_metric")},
     "plugins": "plugins",
     "train.accelerate_config": "file",
+    "eval.suite": "suite",
 }
 
 
@@ -306,7 +321,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_comp
 
 
 def validate_components(recipe: Recipe, prefix: str = "") -> None:
-    load_presets()
     load_entry_point_plugins()
     load_plugins(recipe.plugins, recipe.source_dir)
     pre = f"{prefix}: " if prefix else ""
@@ -328,3 +342,14 @@ def validate_components(recipe: Recipe, prefix: str = "") -> None:
             REGISTRIES[kind].validate(spec, where=field)
         except MaskGRPOError as err:
             raise type(err)(f"{pre}{err}") from None
+    if recipe.eval is not None:
+        from .eval.suite import load_suite  # the suite loader reads YAML through this module
+
+        try:
+            suite = load_suite(recipe.eval.suite, recipe.eval.set)
+        except MaskGRPOError as err:
+            raise type(err)(f"{pre}eval.suite: {err}") from None
+        if (suite.modality == "image") != (recipe.image_tokenizer is not None):
+            mine = "an image" if recipe.image_tokenizer is not None else "a text"
+            theirs = "an image" if suite.modality == "image" else "a text"
+            raise RecipeError(f"{pre}eval.suite: '{recipe.eval.suite}' is {theirs} suite; this is {mine} recipe")

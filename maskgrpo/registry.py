@@ -124,19 +124,26 @@ class Registry:
         self._presets[name] = Preset(name, dict(spec), description, source)
 
     # -- lookup -------------------------------------------------------------------------------
+    # Presets are read on the first lookup that needs them (`load_presets`), so no caller has to
+    # remember to load them, and `import maskgrpo` reads no YAML.
+    def _preset_table(self) -> dict[str, Preset]:
+        load_presets()
+        return self._presets
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
     def presets(self) -> list[Preset]:
-        return [self._presets[k] for k in sorted(self._presets)]
+        table = self._preset_table()
+        return [table[k] for k in sorted(table)]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries or name in self._presets
+        return name in self._entries or name in self._preset_table()
 
     def get(self, name: str, where: str | None = None) -> Entry:
         if name in self._entries:
             return self._entries[name]
-        known = list(self._entries) + list(self._presets)
+        known = list(self._entries) + list(self._preset_table())
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; known: {', '.join(sorted(known))}"
         prefix = f"{where}: " if where else ""
@@ -151,12 +158,13 @@ class Registry:
             raise RecipeError(f"{where}: expected a name or a mapping with a 'type' field, got {spec!r}")
         spec = dict(spec)
         seen: list[str] = []
-        while spec["type"] in self._presets:  # presets may refine other presets
+        table = self._preset_table()
+        while spec["type"] in table:  # presets may refine other presets
             name = spec["type"]
             if name in seen:
                 raise MaskGRPOError(f"{where}: preset cycle {' -> '.join(seen + [name])}")
             seen.append(name)
-            spec = {**self._presets[name].spec, **{k: v for k, v in spec.items() if k != "type"}}
+            spec = {**table[name].spec, **{k: v for k, v in spec.items() if k != "type"}}
         if not isinstance(spec["type"], str):
             raise RecipeError(f"{where}.type: expected a name, got {spec['type']!r}")
         self.get(spec["type"], where)

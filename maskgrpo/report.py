@@ -23,7 +23,9 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    health = [k for k in ("kl", "entropy") if any(isinstance(x.get(k), (int, float)) for x in rows)]
+    fig, axes = plt.subplots(2 if health else 1, 1, figsize=(7, 6.5 if health else 4), sharex=True, squeeze=False)
+    ax = axes[0][0]
     steps = [x["step"] for x in rows if "reward/mean" in x]
     rewards = [x["reward/mean"] for x in rows if "reward/mean" in x]
     ax.plot(steps, rewards, color="tab:blue", alpha=0.35, label="reward (batch mean)")
@@ -32,10 +34,19 @@ def plot_curves(
         smooth = [sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1]) for i in range(len(rewards))]
         ax.plot(steps, smooth, color="tab:blue", label=f"reward ({window}-step mean)")
     ax.plot([e["step"] for e in eval_history], [e[key] for e in eval_history], "o-", color="tab:red", label=label)
-    ax.set_xlabel("GRPO step")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    if health:  # drift from the reference and the rollouts' entropy: they move before the score falls
+        low, right = axes[1][0], None
+        for i, k in enumerate(health):
+            target_ax = low if i == 0 else (right := low.twinx())
+            pts = [(x["step"], x[k]) for x in rows if isinstance(x.get(k), (int, float))]
+            target_ax.plot([a for a, _ in pts], [b for _, b in pts], color=("tab:purple", "tab:green")[i], label=k)
+            target_ax.set_ylabel(k)
+        low.grid(alpha=0.3)
+        low.legend(*[sum(z, []) for z in zip(*(a.get_legend_handles_labels() for a in (low, right) if a is not None))], loc="upper left")
+    axes[-1][0].set_xlabel("GRPO step")
     fig.tight_layout()
     tmp = target.with_name(f".{target.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -44,7 +55,13 @@ def plot_curves(
 
 
 def write_report(
-    out: Path, recipe: Any, eval_history: list[dict[str, float]], seconds: float, key: str = "eval/accuracy", label: str = "held-out greedy accuracy"
+    out: Path,
+    recipe: Any,
+    eval_history: list[dict[str, float]],
+    seconds: float,
+    key: str = "eval/accuracy",
+    label: str = "held-out greedy accuracy",
+    best: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     rows = read_metrics(out / "metrics.jsonl")
     plot_curves(rows, eval_history, out / "curves.png", recipe.name, key, label)
@@ -63,11 +80,13 @@ def write_report(
         f"- steps: {len(rows)}, group size {recipe.grpo.group_size}, mu {recipe.grpo.num_iterations}, "
         f"prompts per step {recipe.train.prompts_per_step}; wall time this session {seconds:.0f} s",
         f"- {label}: **{before:.3f} -> {after:.3f}** ({after - before:+.3f})" if eval_history else f"- {label}: no evaluation (the task has no eval data)",
+        *([f"- best evaluation: {best['score']:.3f} at step {best['step']}, kept in `model-best/`"] if best else []),
         "",
         "| metric | first 10% of steps | last 10% of steps |",
         "| --- | --- | --- |",
     ]
-    for metric in ["reward/mean", *reward_keys, "frac_zero_std", "kl", "clip_ratio", "seconds"]:
+    health_keys = sorted({k for x in rows for k in x if k.startswith("health/")})
+    for metric in ["reward/mean", *reward_keys, "frac_zero_std", "kl", "entropy", "clip_ratio", *health_keys, "seconds"]:
         lines.append(f"| {metric} | {mean(first, metric):.4f} | {mean(last, metric):.4f} |")
     lines += ["", f"| step | {label} |", "| --- | --- |"]
     lines += [f"| {e['step']} | {e[key]:.3f} |" for e in eval_history]

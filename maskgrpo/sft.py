@@ -20,12 +20,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer, write_manifest
-from .data import encode_completions, encode_prompts
-from .generation import evaluate_sharded
+from .components import build_run, write_manifest
+from .data import encode_prompts
+from .evaluation import InTrainingEvaluation
 from .recipe import Recipe
-from .registry import tasks
-from .report import save_image_grid
 from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum, stop_interrupted
 from .utils import Generator, draw_uniform
 
@@ -97,30 +95,11 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
     run_dir = RunDirectory(out, acc)
     run_dir.prepare(recipe.resolved_yaml(), resume, overwrite)
 
-    tokenizer = build_tokenizer(recipe.tokenizer)
-    image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None
-    backbone = build_backbone(recipe.backbone, tokenizer, image_tokenizer).to(device)
-    task = tasks.build(recipe.task, where="task")
-    sampler = build_sampler(recipe.sampler, tokenizer, image_tokenizer)
-    eval_sampler = build_sampler(recipe.eval_sampler or recipe.sampler, tokenizer, image_tokenizer, where="eval_sampler")
-    eval_set = task.eval_examples()
-    eval_metric = build_eval_metric(recipe.eval_metric, task) if image_tokenizer is not None and eval_set else None
+    parts = build_run(recipe)
+    tokenizer, modality, task, eval_set = parts.tokenizer, parts.modality, parts.task, parts.eval_set
+    backbone = parts.backbone.to(device)
 
-    def targets(examples: list) -> torch.Tensor:
-        """Completion ids: the text target padded with EOS, or the image's VQ codes placed
-        after the text vocabulary."""
-        if image_tokenizer is None:
-            return encode_completions(tokenizer, [e.target for e in examples], sampler.gen_length, device)
-        return image_tokenizer.encode([e.columns["image"] for e in examples]).to(device) + tokenizer.vocab_size
-
-    def evaluate(step: int) -> tuple[str, float]:
-        backbone.eval()
-        score, records, images = evaluate_sharded(acc, backbone, tokenizer, image_tokenizer, eval_sampler, eval_set, eval_metric)
-        if image_tokenizer is None:
-            return "eval/accuracy", score
-        if is_main:
-            save_image_grid(images[:32], [r["prompt"] for r in records][:32], out / f"samples_step{step}.png")
-        return "eval/geneval", score
+    evaluation = InTrainingEvaluation(recipe, parts, acc, out, batch_size=128)
 
     optimizer = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.schedule))
@@ -149,7 +128,7 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
                 backbone.train()
                 examples = [task.train_example(step * cfg.batch_size + i) for i in share]
                 prompt, attn = encode_prompts(tokenizer, [e.prompt for e in examples], device)
-                target = targets(examples)
+                target = modality.targets(examples, parts.sampler.gen_length, device)
                 noise = RowGenerators.seeded(recipe.seed, step, rows=share)
                 t, masked, drop = draw_masks(len(examples), target.shape[1], noise, cfg.min_mask_rate, cfg.prompt_dropout, device)
                 with acc.autocast():
@@ -163,8 +142,9 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
                 sched.step()
                 step += 1
                 row = {"step": step, "loss": reduce_sum(acc, loss.item()), "lr": sched.get_last_lr()[0], "seconds": time.time() - started}
-                if ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps) and eval_set:
-                    key, value = evaluate(step)
+                if ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps) and evaluation.enabled:
+                    backbone.eval()
+                    key, value = evaluation.key, evaluation(backbone, step)
                     row[key] = value
                     if is_main:
                         bar.write(f"step {step}: loss {row['loss']:.4f}  {key} {value:.3f}")
@@ -186,7 +166,7 @@ def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, progr
         for target_dir in [out / "model"] + ([Path(cfg.save_to)] if cfg.save_to else []):
             backbone.save_pretrained(target_dir)
             tokenizer.save_pretrained(target_dir)
-            write_manifest(target_dir, recipe)
+            write_manifest(target_dir, recipe, modality)
             print(f"saved model and tokenizer to {target_dir}")
     acc.wait_for_everyone()
     acc.end_training()  # last: it also ends the process group

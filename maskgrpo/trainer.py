@@ -27,16 +27,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbones.base import TokenScorer
-from .components import build_backbone, build_eval_metric, build_sampler, build_tokenizer, write_manifest
+from .components import build_run, write_manifest
 from .data import encode_prompts
 from .errors import MaskGRPOError
-from .estimators.masking import ELBOEstimator, MaskedView
-from .generation import codes_to_images, evaluate_sharded
+from .estimators.masking import MaskedView
+from .evaluation import InTrainingEvaluation
 from .grpo import aggregate, group_advantages, grpo_token_loss
+from .health import health_shares
+from .policy import apply_lora, disable_dropout, enable_gradient_checkpointing, merged_copy
 from .recipe import Recipe, validate_components
-from .registry import estimators, tasks
-from .report import save_image_grid
-from .rewards.combine import RewardSet, finite
+from .rewards.combine import finite
 from .runtime import (
     RunDirectory,
     StopSignal,
@@ -46,62 +46,8 @@ from .runtime import (
     lr_lambda,
     make_accelerator,
     reduce_sum,
-    tensorboard_writer,
 )
-from .tokenizers.base import decode_completion
 from .utils import RowGenerators, make_generator
-
-def apply_lora(backbone: Any, lora: Any) -> Any:
-    """Attach a LoRA adapter through the `add_adapter` API that diffusers and transformers models
-    share (peft underneath); only adapter weights stay trainable."""
-    from peft import LoraConfig
-
-    if not hasattr(backbone, "add_adapter"):
-        raise MaskGRPOError(f"lora: backbone {type(backbone).__name__} does not support adapters")
-    targets = lora.target_modules
-    backbone.add_adapter(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets))
-    for name, p in backbone.named_parameters():
-        p.requires_grad_("lora_" in name)
-    return backbone
-
-
-def merged_copy(backbone: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a LoRA-adapted backbone with every adapter merged into its base layer and the
-    peft wrappers removed: the backbone's own class and config, so its `save_pretrained` folder
-    loads like any other model folder."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    merged = copy.deepcopy(backbone)
-    for name, module in list(merged.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(merged.get_submodule(parent_name) if parent_name else merged, child, module.get_base_layer())
-    for module in merged.modules():  # forget the adapter, so savers write the whole model
-        if getattr(module, "_hf_peft_config_loaded", False):
-            module._hf_peft_config_loaded = False
-        if hasattr(module, "peft_config"):
-            del module.peft_config
-    return merged
-
-
-def disable_dropout(model: torch.nn.Module) -> int:
-    """Zero every dropout (LoRA's included), as TRL's GRPO does by default: old, reference and
-    current log-probs then come from one deterministic function, so the ratio is 1 at mu = 1.
-    Returns how many dropout modules there were."""
-    found = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-            module.p = 0.0
-            found += 1
-    return found
-
-
-def enable_gradient_checkpointing(backbone: Any) -> None:
-    if not hasattr(backbone, "gradient_checkpointing_enable"):
-        raise MaskGRPOError(f"train.gradient_checkpointing: backbone {type(backbone).__name__} does not support it")
-    backbone.gradient_checkpointing_enable()
-
 
 class GRPOTrainer:
     def __init__(self, recipe: Recipe, progress: bool = True):
@@ -116,12 +62,13 @@ class GRPOTrainer:
         self.prompt_share = local_share(t.prompts_per_step, self.acc, "train.prompts_per_step")
         torch.manual_seed(recipe.seed)
 
-        self.tokenizer = build_tokenizer(recipe.tokenizer)
-        # images: completions are VQ codes after the text vocabulary, decoded to PIL images for rewards
-        self.image_tokenizer = build_tokenizer(recipe.image_tokenizer) if recipe.image_tokenizer is not None else None
-        self.eval_key = "eval/accuracy" if self.image_tokenizer is None else "eval/geneval"
-        self.eval_name = "held-out greedy accuracy" if self.image_tokenizer is None else "GenEval-style score of sampled images"
-        self.policy = build_backbone(recipe.backbone, self.tokenizer, self.image_tokenizer).to(self.device)
+        parts = build_run(recipe)
+        self.tokenizer, self.modality, self.task = parts.tokenizer, parts.modality, parts.task
+        self.sampler, self.eval_sampler, self.estimator, self.rewards = parts.sampler, parts.eval_sampler, parts.estimator, parts.rewards
+        self.eval_set, self.eval_metric = parts.eval_set, parts.eval_metric
+        self.evaluation = InTrainingEvaluation(recipe, parts, self.acc, self.out, recipe.train.eval_batch_size)
+        self.evaluates, self.eval_name = self.evaluation.enabled, self.evaluation.name
+        self.policy = parts.backbone.to(self.device)
         self.mask_id = self.policy.mask_token_id
         if recipe.lora is not None:
             apply_lora(self.policy, recipe.lora)
@@ -133,18 +80,9 @@ class GRPOTrainer:
         self.reference = None
         if self.cfg.ref_sync_steps and (recipe.lora is not None or self.cfg.beta == 0):
             raise MaskGRPOError("grpo.ref_sync_steps: needs beta > 0 and no lora (the LoRA reference is the base model)")
-        if self.cfg.beta > 0 and recipe.lora is None:
+        self.uses_reference = self.cfg.beta > 0 or self.cfg.monitor_kl  # monitor: drift shows before the score falls
+        if self.uses_reference and recipe.lora is None:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
-
-        self.task = tasks.build(recipe.task, where="task")
-        self.sampler = build_sampler(recipe.sampler, self.tokenizer, self.image_tokenizer)
-        self.eval_sampler = self._eval_sampler()
-        self.estimator = estimators.build(recipe.estimator, where="estimator")
-        if isinstance(self.estimator, ELBOEstimator):
-            raise MaskGRPOError("estimator: 'elbo' measures likelihoods for evaluation; train with another estimator")
-        self.rewards = RewardSet(recipe.rewards)
-        self.eval_set = self.task.eval_examples()  # empty: the run reports no evaluation, never 0
-        self.eval_metric = build_eval_metric(recipe.eval_metric, self.task) if self.image_tokenizer is not None and self.eval_set else None
 
         o = recipe.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -157,20 +95,8 @@ class GRPOTrainer:
         self.trained_scorer, self.opt = self.acc.prepare(self.scorer, optimizer)
         self.step = 0
         self.eval_history: list[dict[str, float]] = []
+        self.best: dict[str, Any] | None = None  # train.keep_best: {step, score} of model-best/
         self.run_dir = RunDirectory(self.out, self.acc)
-
-    def _eval_sampler(self) -> Any:
-        """Text: the rollout sampler made greedy. Images always sample: the rollout sampler."""
-        r = self.recipe
-        if r.eval_sampler is not None:
-            return build_sampler(r.eval_sampler, self.tokenizer, self.image_tokenizer, where="eval_sampler")
-        greedy = {"temperature": 0.0} if self.image_tokenizer is None else {}
-        return build_sampler(r.sampler, self.tokenizer, self.image_tokenizer, **greedy)
-
-    def _completions(self, rollout: Any) -> list[Any]:
-        if self.image_tokenizer is None:
-            return [decode_completion(self.tokenizer, row.tolist()) for row in rollout.completion]
-        return codes_to_images(rollout.completion, self.tokenizer, self.image_tokenizer)
 
     # -- one GRPO step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
@@ -190,7 +116,7 @@ class GRPOTrainer:
         with self.acc.autocast():
             rollout = self.sampler.sample(self.policy, ids, RowGenerators.seeded(self.recipe.seed, step, 1_000_000, rows=rows), attention_mask=attn)
         rollout.row_ids = rows
-        completions = self._completions(rollout)
+        completions = self.modality.decode(rollout.completion)  # text, or images for the rewards
 
         # 2. Score locally, gather every process's rewards: advantages need the whole batch.
         local_totals, local_components = self.rewards.score(prompts, completions, columns)
@@ -204,6 +130,8 @@ class GRPOTrainer:
             if self.is_main:
                 tqdm.write(f"step {step + 1}: non-finite reward {totals[bad]} on sample {bad}; step skipped")
             return {**row, "skipped": "non-finite reward", "seconds": time.time() - started}
+        if hasattr(self.task, "health_counts"):
+            row.update(health_shares(self.acc, self.task.health_counts(completions, columns)))
         rewards = torch.tensor(totals, dtype=torch.float32, device=self.device)
         advantages = group_advantages(rewards, G, cfg.advantage_std)[rows]
         grouped = rewards.view(-1, G)
@@ -226,8 +154,12 @@ class GRPOTrainer:
         # They are computed in the loss's micro-batches: the same shapes give bit-equal numbers,
         # and the peak memory of this pass is that of one micro-batch, not of the whole view.
         with torch.no_grad(), self.acc.autocast():
-            old = [self._chunked_logprobs(self.scorer, v, v.of_rollout(rollout.tokens)) for v in views]
-            ref = [self._ref_logprobs(v, v.of_rollout(rollout.tokens)) for v in views] if cfg.beta > 0 else [None] * len(views)
+            first, entropy = self._chunked_logprobs(self.scorer, views[0], views[0].of_rollout(rollout.tokens), entropy=True)
+            old = [first] + [self._chunked_logprobs(self.scorer, v, v.of_rollout(rollout.tokens)) for v in views[1:]]
+            ref = [self._ref_logprobs(v, v.of_rollout(rollout.tokens)) for v in views] if self.uses_reference else [None] * len(views)
+        # mean entropy (nats) of the policy's prediction at the first view's scored positions: a
+        # policy collapsing onto few outputs shows it here before the score falls
+        row["entropy"] = reduce_sum(self.acc, entropy.sum().item()) / max(reduce_sum(self.acc, entropy.numel()), 1)
 
         # 4. mu inner updates, each over all micro-batches (every rate used exactly once).
         # ratio/first_max_dev: max |rho - 1| in the first inner iteration, 0 unless old and current
@@ -244,6 +176,8 @@ class GRPOTrainer:
             stats["ratio/max_dev"] = max(stats["ratio/max_dev"], update["ratio_max_dev"])
             if j == 0:
                 stats["ratio/first_max_dev"] = update["ratio_max_dev"]
+        if not self.uses_reference:
+            del stats["kl"]  # no reference: nothing measured, so nothing logged
         row.update(stats)
         row["lr"] = self.sched.get_last_lr()[0]
         if skipped_updates:
@@ -251,17 +185,21 @@ class GRPOTrainer:
         row["seconds"] = time.time() - started
         return row
 
-    def _logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    def _logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor, rows: slice = slice(None), entropy: bool = False) -> Any:
+        """log p of the view's scored targets (and, with `entropy`, the prediction's entropy there)."""
         attn = None if view.attention_mask is None else view.attention_mask[rows]
-        return scorer(view.tokens[rows], targets[rows], view.loss_mask[rows], attn)
+        return scorer(view.tokens[rows], targets[rows], view.loss_mask[rows], attn, entropy=entropy)
 
     def _micro_batches(self, rows: int) -> list[slice]:
         """The `optim.grad_accum` row slices of a view (every process has the same number)."""
         chunk = math.ceil(rows / self.recipe.optim.grad_accum)
         return [slice(lo, min(lo + chunk, rows)) for lo in range(0, rows, chunk)]
 
-    def _chunked_logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._logprobs(scorer, view, targets, rows) for rows in self._micro_batches(targets.shape[0])])
+    def _chunked_logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor, entropy: bool = False) -> Any:
+        parts = [self._logprobs(scorer, view, targets, rows, entropy) for rows in self._micro_batches(targets.shape[0])]
+        if not entropy:
+            return torch.cat(parts)
+        return torch.cat([logp for logp, _ in parts]), torch.cat([ent for _, ent in parts])
 
     def _ref_logprobs(self, view: MaskedView, targets: torch.Tensor) -> torch.Tensor:
         with self._reference() as model:
@@ -341,39 +279,13 @@ class GRPOTrainer:
             "ok": True,
         }
 
-    # -- evaluation, checkpoints, the loop --------------------------------------------------------
+    # -- checkpoints, export, the loop ------------------------------------------------------------
     def evaluate(self) -> float:
-        """Held-out greedy accuracy (text), or the GenEval-style score of sampled images, with a
-        PNG grid of them in samples/ so a person sees what the policy learned; sharded over the
-        processes."""
         self.policy.eval()
-        score, records, images = evaluate_sharded(
-            self.acc, self.policy, self.tokenizer, self.image_tokenizer, self.eval_sampler, self.eval_set, self.eval_metric, self.recipe.train.eval_batch_size
-        )
-        if self.image_tokenizer is None:
-            self._log_samples(text=records[:8])
-        elif self.is_main:
-            path = self.out / "samples" / f"step{self.step:05d}.png"
-            save_image_grid(images[:48], [r["prompt"] for r in records][:48], path)
-            self._log_samples(grid=path)
-        return score
-
-    def _log_samples(self, text: list[dict] | None = None, grid: Path | None = None) -> None:
-        """Sample completions or the image grid to TensorBoard at evaluation steps."""
-        writer = tensorboard_writer(self.acc)
-        if writer is None:
-            return
-        if text:
-            body = "\n\n".join(f"`{r['prompt']}` -> `{r['completion']}` ({'right' if r['correct'] else 'wrong'})" for r in text)
-            writer.add_text("samples", body, self.step)
-        if grid is not None:
-            import numpy as np
-            from PIL import Image
-
-            writer.add_image("samples", np.asarray(Image.open(grid).convert("RGB")), self.step, dataformats="HWC")
+        return self.evaluation(self.policy, self.step)
 
     def save_checkpoint(self) -> Path:
-        state = {"step": self.step, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "eval_history": self.eval_history}
+        state = {"step": self.step, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "eval_history": self.eval_history, "best": self.best}
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         self.run_dir.save({"policy": self.policy}, state)
@@ -384,18 +296,33 @@ class GRPOTrainer:
         if self.reference is not None and "reference" in state:
             self.reference.load_state_dict(state["reference"])
         self.eval_history = state["eval_history"]
+        self.best = state.get("best")
 
-    def export(self) -> Path:
-        """The trained policy as a loadable model folder (backbone + tokenizer); a LoRA policy is
-        merged into its base first, so `--model runs/NAME/model` loads it like any other."""
-        target = self.out / "model"
+    def export(self, name: str = "model") -> Path:
+        """The trained policy as a loadable model folder (backbone + tokenizer + manifest) under
+        the run directory; a LoRA policy is merged into its base first, so `--model
+        runs/NAME/model` loads it like any other. Written beside the target, then renamed."""
+        import shutil
+
+        target = self.out / name
         if self.is_main:
+            staging = self.out / f".{name}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
             model = self.policy if self.recipe.lora is None else merged_copy(self.policy)
-            model.save_pretrained(target)
-            self.tokenizer.save_pretrained(target)
-            write_manifest(target, self.recipe, adapter=None if self.recipe.lora is None else "merged")
+            model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            write_manifest(staging, self.recipe, self.modality, adapter=None if self.recipe.lora is None else "merged")
+            shutil.rmtree(target, ignore_errors=True)
+            staging.replace(target)
         self.acc.wait_for_everyone()
         return target
+
+    def record_evaluation(self, score: float) -> None:
+        """Log an evaluation; with `train.keep_best`, a new best policy replaces model-best/."""
+        self.eval_history.append({"step": self.step, self.modality.eval_key: score})
+        if self.recipe.train.keep_best and math.isfinite(score) and (self.best is None or score > self.best["score"]):
+            self.best = {"step": self.step, "score": score}
+            self.export("model-best")
 
     def train(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         r = self.recipe
@@ -411,14 +338,15 @@ class GRPOTrainer:
                 stale.unlink()  # a fresh run's sample grids must not sit beside an older run's
         if r.train.report_to:
             self.acc.init_trackers("tb")
-        if not self.eval_set:
+        if not self.evaluates:
             if self.is_main:
                 print(f"no evaluation: task {type(self.task).__name__} has no eval data")
         elif not self.eval_history:
             accuracy = self.evaluate()
-            self.eval_history.append({"step": 0, self.eval_key: accuracy})
+            self.record_evaluation(accuracy)
             if self.is_main:
-                print(f"{self.eval_name} before training: {accuracy:.3f} ({len(self.eval_set)} prompts)")
+                where = f"{len(self.eval_set)} prompts" if r.eval is None else f"results in {self.out / 'eval'}"
+                print(f"{self.eval_name} before training: {accuracy:.3f} ({where})")
 
         started = time.time()
         interrupted = False
@@ -431,11 +359,11 @@ class GRPOTrainer:
                     if self.cfg.ref_sync_steps and self.step % self.cfg.ref_sync_steps == 0:
                         self.reference.load_state_dict(self.policy.state_dict())  # type: ignore[union-attr]
                     due = (r.train.eval_every and self.step % r.train.eval_every == 0) or self.step == r.train.steps
-                    if due and self.eval_set:
-                        row[self.eval_key] = self.evaluate()
-                        self.eval_history.append({"step": self.step, self.eval_key: row[self.eval_key]})
+                    if due and self.evaluates:
+                        row[self.modality.eval_key] = self.evaluate()
+                        self.record_evaluation(row[self.modality.eval_key])
                         if self.is_main:
-                            bar.write(f"step {self.step}: {self.eval_name} {row[self.eval_key]:.3f}")
+                            bar.write(f"step {self.step}: {self.eval_name} {row[self.modality.eval_key]:.3f}")
                     log(row)
                     bar.update(1)
                     bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}")
@@ -455,12 +383,14 @@ class GRPOTrainer:
         if self.is_main:
             from .report import write_report
 
-            summary = write_report(self.out, r, self.eval_history, time.time() - started, self.eval_key, self.eval_name)
+            summary = write_report(self.out, r, self.eval_history, time.time() - started, self.modality.eval_key, self.eval_name, self.best)
             if not self.eval_history:
                 print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/); no evaluation")
                 return summary
-            before, after = self.eval_history[0][self.eval_key], self.eval_history[-1][self.eval_key]
+            before, after = self.eval_history[0][self.modality.eval_key], self.eval_history[-1][self.modality.eval_key]
             print(f"{self.eval_name}: before {before:.3f} -> after {after:.3f} ({after - before:+.3f})")
+            if self.best is not None:
+                print(f"best evaluation {self.best['score']:.3f} at step {self.best['step']}: {self.out / 'model-best'}")
             print(f"run directory: {self.out} (metrics.jsonl, report.md, curves.png, model/)")
         return summary
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from .recipe import Spec, _Strict, read_schema
-from .registry import load_presets, tokenizers
+from .registry import tokenizers
 from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum, stop_interrupted
 from .utils import make_generator
 from .worlds.shapes.vq_data import render_batch
@@ -56,7 +56,6 @@ class VQRecipe(_Strict):
 
 def load_vq_recipe(path: str | Path, overrides: list[str] | None = None) -> VQRecipe:
     recipe = read_schema(path, VQRecipe, overrides, {"tokenizer": "spec"})  # relative paths: recipe.py
-    load_presets()
     tokenizers.validate(recipe.tokenizer, where="tokenizer")
     return recipe
 

@@ -15,7 +15,7 @@ from maskgrpo.backbones.amused import LOGIT_FLOOR
 from maskgrpo.backbones.base import token_logprobs
 from maskgrpo.components import build_sampler
 from maskgrpo.data import encode_prompts
-from maskgrpo.generation import codes_to_images
+from maskgrpo.modality import ImageModality
 from maskgrpo.registry import backbones, estimators, load_presets, tokenizers
 from maskgrpo.utils import make_generator
 
@@ -168,7 +168,7 @@ def test_image_samplers_run_on_amused(parts, kind: str) -> None:
     completion = first.completion
     assert completion.min() >= tokenizer.vocab_size and completion.max() < tokenizer.vocab_size + CODEBOOK
     assert first.decode_step.min() >= 0 and first.decode_step.max() < 4
-    images = codes_to_images(completion, tokenizer, image_tokenizer)
+    images = ImageModality(tokenizer, image_tokenizer).decode(completion)
     assert len(images) == 3 and images[0].size == (8, 8)
 
 
@@ -220,7 +220,7 @@ def test_lora_from_the_recipe_and_save_round_trip(parts, amused_dir: Path, tmp_p
     """The aMUSEd recipe's LoRA targets exist in the UVit; with the adapter off the model is the
     base model; save_pretrained writes the Hub layout back and loads through the registry."""
     from maskgrpo.recipe import LoraConfig
-    from maskgrpo.trainer import apply_lora
+    from maskgrpo.policy import apply_lora
 
     backbone, tokenizer, _ = parts
     ids, attn = encode_prompts(tokenizer, ["a red cube"])

@@ -123,7 +123,7 @@ def test_short_image_sft_run(tiny_vq: Path, tmp_path: Path) -> None:
     assert rows[-1]["eval/geneval"] == 0.0 and rows[5]["eval/geneval"] == 0.0
     seen = next(m for m in sys.modules.values() if getattr(m, "__file__", None) == str(tmp_path / "blind.py")).SEEN
     assert seen == [(32, 32)] * 16
-    assert (tmp_path / "run/samples_step12.png").is_file() and (tmp_path / "run/model/word_tokenizer.json").is_file()
+    assert (tmp_path / "run/samples/step00012.png").is_file() and (tmp_path / "run/model/word_tokenizer.json").is_file()
 
 
 def test_two_step_image_grpo_changes_parameters(tiny_vq: Path, tmp_path: Path) -> None:
@@ -156,6 +156,11 @@ def test_two_step_image_grpo_changes_parameters(tiny_vq: Path, tmp_path: Path) -
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
     assert "eval/geneval" in rows[-1]
     assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == ["step00000.png", "step00002.png"]
+    # the health of an image run: KL at beta 0, entropy, and the colours/classes the policy drew
+    for r in rows:
+        assert math.isfinite(r["kl"]) and r["entropy"] > 0
+        classes = [r[k] for k in r if k.startswith("health/class/") and not k.endswith("distinct")]
+        assert not classes or abs(sum(classes) - 1) < 1e-9
 
 
 def test_image_recipe_needs_an_eval_metric_when_the_task_has_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,6 @@ from maskgrpo.backbones.llada import LLaDABackbone
 from maskgrpo.cli import main
 from maskgrpo.components import build_backbone, build_sampler, build_tokenizer
 from maskgrpo.errors import MaskGRPOError
-from maskgrpo.generation import codes_to_images
 from maskgrpo.recipe import load_recipe
 from maskgrpo.registry import estimators, load_presets, tasks, tokenizers
 from maskgrpo.tokenizers.magvit import DECODER, ENCODER, MAGVITv2, MagvitTokenizer
@@ -232,7 +231,7 @@ def test_one_image_grpo_step_with_lora_on_a_tiny_mmada_layout_model(tmp_path: Pa
         rollout = trainer.sampler.sample(trainer.policy.eval(), ids, make_generator(0, 1), attention_mask=attn)
     completion = rollout.completion
     assert completion.min() >= words.vocab_size and completion.max() < words.vocab_size + 64
-    images = codes_to_images(completion, trainer.tokenizer, trainer.image_tokenizer)
+    images = trainer.modality.decode(completion)
     assert len(images) == 2 and images[0].size == (16, 16)
 
 

@@ -33,8 +33,10 @@ class TokenScorer(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, select: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return token_logprobs(self.backbone, inputs, targets, select, attention_mask)
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, select: torch.Tensor, attention_mask: torch.Tensor | None = None, entropy: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return token_logprobs(self.backbone, inputs, targets, select, attention_mask, entropy)
 
 
 def token_logprobs(
@@ -43,8 +45,11 @@ def token_logprobs(
     targets: torch.Tensor,
     select: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """log p(targets) at the `select`ed positions only, as a flat vector in row-major order.
+    entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log p(targets) at the `select`ed positions only, as a flat vector in row-major order;
+    with `entropy`, also the entropy of the predicted distribution at each of them (the
+    training-health signal: a policy collapsing onto few tokens shows it first).
 
     The vocabulary projection and log-softmax run on the selected rows, so peak memory is
     |select| x V instead of B x L x V.
@@ -52,4 +57,8 @@ def token_logprobs(
     h = backbone.hidden(inputs, attention_mask)
     rows = h[select]
     logits = backbone.logits_from_hidden(rows).float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[select].unsqueeze(-1)).squeeze(-1)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets[select].unsqueeze(-1)).squeeze(-1)
+    if not entropy:
+        return logp
+    return logp, -(logp_all.exp() * logp_all).sum(-1)

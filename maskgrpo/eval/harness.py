@@ -15,13 +15,13 @@ from typing import Any, Sequence
 
 from ..errors import MaskGRPOError
 from ..utils import atomic_write_text
-from .generate import generate_images, generate_text
+from .generate import LoadedModel, generate_images, generate_text
 from .outputs import BadRows, read_image_outputs, read_text_outputs
 from .reports import print_results, public_sample, write_failures_md, write_grid_png, write_report_html
 from .score import score_images, score_text
 from .suite import Suite, load_suite
 
-__all__ = ["DEFAULT_BATCH_SIZE", "evaluate_suite", "run_eval_cli"]
+__all__ = ["DEFAULT_BATCH_SIZE", "LoadedModel", "evaluate_suite", "run_eval_cli"]
 
 DEFAULT_BATCH_SIZE = 64
 MAX_REPORTED_SKIPS = 100  # results.json lists at most this many skip reasons
@@ -40,7 +40,7 @@ def check_output_dir(out_dir: Path) -> None:
 def evaluate_suite(
     suite: str | os.PathLike[str] | Suite,
     *,
-    model: str | None = None,
+    model: str | LoadedModel | None = None,
     outputs: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     limit: int | None = None,
@@ -50,7 +50,8 @@ def evaluate_suite(
     device: str = "auto",
     progress: bool | None = None,
     print_table: bool = False,
-) -> dict[str, Any]:
+    accelerator: Any = None,
+) -> dict[str, Any] | None:
     """Score a model (`model`: preset name or model folder; generate, then score) or existing
     `outputs` (text: JSONL of `completion` + `answer`; images: GenEval-layout folder) on `suite`
     (a path, a bundled suite name such as "gsm8k", or a `Suite`).
@@ -59,7 +60,9 @@ def evaluate_suite(
     `report.html`) into `out` (default `runs/eval/<suite name>`) and returns the results dict.
     `limit`: first N prompts (text outputs: first N rows). `skip_bad`: skip malformed rows and
     unreadable images (counted in `skipped`) instead of raising. `progress`: None shows a bar
-    when stderr is a terminal.
+    when stderr is a terminal. `model` may also be a `LoadedModel` (the trainer's policy); with
+    an `accelerator` every process generates its share and only the main process scores,
+    writes and returns the results (the others return None).
     """
     if (model is None) == (outputs is None):
         raise MaskGRPOError("evaluate: give exactly one of `model` (generate, then score) or `outputs` (score only)")
@@ -77,20 +80,24 @@ def evaluate_suite(
         if outputs is not None:
             samples = read_text_outputs(Path(outputs), spec, limit, bad)
         else:
-            samples = generate_text(spec, str(model), limit, batch_size, progress, device, bad)
+            samples = generate_text(spec, model, limit, batch_size, progress, device, bad, accelerator)
             generation_seconds = time.perf_counter() - t0
+            if accelerator is not None and not accelerator.is_main_process:
+                return None
         scores = score_text(spec, samples, batch_size, progress)
     else:
         if model is not None:
-            outputs = generate_images(spec, str(model), limit, batch_size, progress, device, bad, out_dir / "images")
+            outputs = generate_images(spec, model, limit, batch_size, progress, device, bad, out_dir / "images", accelerator)
             generation_seconds = time.perf_counter() - t0
+            if outputs is None:  # another process than the main one: its share is generated
+                return None
         samples = read_image_outputs(Path(outputs), limit, bad)
         samples, scores = score_images(spec, samples, batch_size, progress, bad)
     seconds = time.perf_counter() - t0
     results: dict[str, Any] = {
         "suite": spec.name,
         "suite_file": spec.source,
-        "source": {"model": model} if model is not None else {"outputs": str(outputs)},
+        "source": {"model": str(model)} if model is not None else {"outputs": str(outputs)},
         "metrics": scores,
         "n": len(samples),
         "skipped": len(bad),

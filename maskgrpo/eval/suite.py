@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from ..errors import MaskGRPOError
 from ..paths import suite_dirs
 from ..recipe import Spec, _Strict, read_schema
-from ..registry import detectors, load_entry_point_plugins, load_plugins, load_presets, metrics, samplers
+from ..registry import detectors, load_entry_point_plugins, load_plugins, metrics, samplers
 
 __all__ = ["SUITE_PATHS", "Suite", "SuiteFields", "build_suite_sampler", "bundled_suites", "check_suite", "load_suite"]
 
@@ -150,7 +150,6 @@ def load_suite(suite: str | os.PathLike[str] | Suite, overrides: Sequence[str] |
 
 def check_suite(suite: Suite) -> None:
     """Check the suite's component specs against the registries (builds nothing heavy)."""
-    load_presets()
     load_entry_point_plugins()
     load_plugins(suite.plugins, suite.source_dir)
     for i, (_, spec) in enumerate(suite.metric_specs()):

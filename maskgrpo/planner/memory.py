@@ -14,7 +14,7 @@ for backward (SwiGLU 4, GELU 2), u = MLP-wide tensors alive at once without grad
     persistent = weights N·w (+ 4·T for fp32 LoRA adapters)   / P at ZeRO-3 (FSDP full shard)
                + gradients T·g (g = 4 for LoRA, w otherwise)  / P at ZeRO-2 and 3
                + AdamW state 8·T (two fp32 tensors)           / P at ZeRO-1, 2, 3; 0 if offloaded
-               + reference N·w if beta > 0 without LoRA (a frozen copy, not sharded)
+               + reference N·w if beta > 0 or monitor_kl, without LoRA (a frozen copy, not sharded)
     phases (the largest one counts):
       rollout    c·R·S·max(6d, 2d + u·h)·a + R·b·(c·a·V + k_s·V_s)     no grad, all R rows at once
       scoring    k·R·S·max(6d, 2d + u·h)·a + R·L·V·(a + 8)             old/ref log-probs, no grad,
@@ -64,7 +64,7 @@ class Workload:
     processes: int = 1
     offload_optimizer: bool = False
     offload_params: bool = False
-    reference: bool = False  # beta > 0 without LoRA: a frozen copy of the policy
+    reference: bool = False  # beta > 0 or monitor_kl, without LoRA: a frozen copy of the policy
     cfg: bool = False  # classifier-free guidance in the rollout
     sampling: bool = True  # temperature > 0 in the rollout
     sampled_width: int | None = None  # V_s: the vocabulary the sampler samples from (images: the codebook)

@@ -46,8 +46,9 @@ def _memory_lines(recipe: Any, shape: ModelShape, work: Workload, est: MemoryEst
         ("optimizer state", est.optimizer, "AdamW: 2 fp32 tensors per trainable" + sharded(1) + (", offloaded" if work.offload_optimizer else "")),
     ]  # fmt: skip
     if recipe.kind == "grpo":
-        lora_ref = lora and recipe.grpo.beta > 0
-        why = "beta > 0: a frozen copy" if est.reference else "LoRA: the base with the adapter off" if lora_ref else "beta = 0: none"
+        needed = recipe.grpo.beta > 0 or recipe.grpo.monitor_kl
+        reason = "beta > 0" if recipe.grpo.beta > 0 else "grpo.monitor_kl"
+        why = f"{reason}: a frozen copy" if est.reference else "LoRA: the base with the adapter off" if lora and needed else "beta = 0, monitor_kl off: none"
         parts.append(("reference model", est.reference, why))
     if est.autocast_copies:
         parts.append(("autocast copies", est.autocast_copies, "16-bit casts of the fp32 trainable weights"))

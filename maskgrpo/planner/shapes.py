@@ -139,9 +139,8 @@ def _preset_names(registry: Any, spec: Any) -> list[str]:
 
 def recipe_model_shape(recipe: Any) -> tuple[ModelShape | None, str]:
     """(shape, where the numbers came from), or (None, why the size is unknown)."""
-    from ..registry import backbones, load_presets
+    from ..registry import backbones
 
-    load_presets()
     flat = backbones.expand(recipe.backbone, where="backbone")
     kind, base = flat["type"], recipe.source_dir
     names = _preset_names(backbones, recipe.backbone)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from ...errors import MaskGRPOError
 from ...paths import package_dir
@@ -52,6 +53,7 @@ class ShapesTask:
         self.eval_path = Path(eval_path) if eval_path else SUITE
         if not self.eval_path.is_file():
             raise MaskGRPOError(f"task.eval_path: {self.eval_path} not found")
+        self._health: Any = None
         self.held_out = {e.prompt for e in self.eval_examples() if e.columns["metadata"]["tag"] in HOLD_OUT_TAGS} if hold_out else set()
 
     def train_example(self, index: int) -> Example:
@@ -60,6 +62,15 @@ class ShapesTask:
         while metadata["prompt"] in self.held_out:
             metadata, image = sample_scene(rng, self.tags, self.size, self.canonical)
         return Example(prompt=metadata["prompt"], answer="", columns={"metadata": metadata, "image": image})
+
+    def health_counts(self, images: list[Any], columns: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+        """Colours (prompts naming none) and classes of the objects in rollout images: the
+        trainer logs their shares, so a collapse onto one colour or class shows early."""
+        if self._health is None:
+            from .health import HealthCounter
+
+            self._health = HealthCounter()
+        return self._health.counts(images, columns["metadata"])
 
     def eval_examples(self) -> list[Example]:
         rows = [json.loads(x) for x in self.eval_path.read_text().splitlines() if x.strip()]
