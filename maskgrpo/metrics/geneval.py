@@ -76,25 +76,23 @@ def filter_detections(
     return out
 
 
-def relative_position(box_a: tuple[float, ...], box_b: tuple[float, ...], threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Relations of box A relative to box B ({'left of', 'right of', 'above', 'below'})."""
+def relation_values(box_a: tuple[float, ...], box_b: tuple[float, ...], threshold: float = POSITION_THRESHOLD) -> dict[str, float]:
+    """GenEval's position geometry: the centre offset of box A from box B, shrunk by `threshold`
+    times their summed sizes and divided by the offset's length, per relation; a relation holds
+    when its value exceeds 0.5 (all 0 when the shrunk offset vanishes)."""
     a, b = np.asarray(box_a[:4], dtype=float), np.asarray(box_b[:4], dtype=float)
     offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
     dims = np.abs(a[2:] - a[:2]) + np.abs(b[2:] - b[:2])
     revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
     if np.all(np.abs(revised) < 1e-3):
-        return set()
+        return dict.fromkeys(("left of", "right of", "above", "below"), 0.0)
     dx, dy = revised / np.linalg.norm(offset)
-    rels = set()
-    if dx < -0.5:
-        rels.add("left of")
-    if dx > 0.5:
-        rels.add("right of")
-    if dy < -0.5:
-        rels.add("above")
-    if dy > 0.5:
-        rels.add("below")
-    return rels
+    return {"left of": -dx, "right of": dx, "above": -dy, "below": dy}
+
+
+def relative_position(box_a: tuple[float, ...], box_b: tuple[float, ...], threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Relations of box A relative to box B ({'left of', 'right of', 'above', 'below'})."""
+    return {name for name, value in relation_values(box_a, box_b, threshold).items() if value > 0.5}
 
 
 def detector_colors(image: Image.Image, dets: list[Detection], classname: str) -> list[str]:
@@ -346,6 +344,12 @@ class GenEvalMetric:
 
     def update(self, batch: dict[str, Any]) -> None:
         self.records.extend(self.evaluate(batch["images"], batch["metadata"]))
+
+    def record_failure(self, metadata: dict[str, Any], reason: str) -> None:
+        """A sample with no usable image (unreadable): it fails its prompt, with `reason`."""
+        self.records.append(
+            {"tag": metadata.get("tag", ""), "prompt": metadata.get("prompt", ""), "correct": False, "fraction_met": 0.0, "reason": reason, "detections": []}
+        )
 
     def compute(self) -> dict[str, float]:
         return aggregate(self.records)

@@ -12,7 +12,8 @@ import math
 import random
 from typing import Any
 
-from .scene import ShapeObject, relations_of
+from ...metrics.geneval import relation_values
+from .scene import ShapeObject
 from .vocabulary import CLASSES, COLORS, OPPOSITE
 
 # Circumradius ranges at 32 x 32 (a square's half-diagonal, a triangle's vertex distance), chosen
@@ -106,7 +107,7 @@ def _place(
                     rel, a, b = relation
                     obj_a = cand if a == i else placed[a]
                     obj_b = cand if b == i else placed[b]
-                    if relations_of(obj_a.box(), obj_b.box())[rel] < POSITION_MARGIN:
+                    if relation_values(obj_a.box(), obj_b.box())[rel] < POSITION_MARGIN:
                         continue
                 ok = True
                 placed.append(cand)

@@ -3,7 +3,7 @@
 A scene is a list of `ShapeObject`s (shape, colour, centre, circumradius, rotation) rendered with
 exact area anti-aliasing (each pixel's coverage is measured on a supersampled grid), so the
 `shapes` detector (`maskgrpo.worlds.shapes.detector`) can recover every object exactly.
-`relations_of` is GenEval's position geometry on two boxes. Lengths are in pixels.
+Lengths are in pixels.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .vocabulary import BACKGROUND, CLASSES, COLORS, RELATIONS
+from .vocabulary import BACKGROUND, CLASSES, COLORS
 
 
 @dataclass
@@ -113,19 +113,6 @@ def render(
 
 
 # -- relations (the same geometry as GenEval's position rule) --------------------------------------
-def relations_of(box_a: tuple[float, ...], box_b: tuple[float, ...], threshold: float = 0.1) -> dict[str, float]:
-    """Normalised, size-shrunk offset of A relative to B in each direction (GenEval: a relation
-    holds when its value exceeds 0.5)."""
-    a, b = np.asarray(box_a, dtype=float), np.asarray(box_b, dtype=float)
-    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
-    dims = (a[2:] - a[:2]) + (b[2:] - b[:2])
-    norm = float(np.linalg.norm(offset))
-    if norm == 0:
-        return {r: 0.0 for r in RELATIONS}
-    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset) / norm
-    return {"left of": -revised[0], "right of": revised[0], "above": -revised[1], "below": revised[1]}
-
-
 def objects_to_dicts(objects: list[ShapeObject]) -> list[dict[str, Any]]:
     return [asdict(o) for o in objects]
 
