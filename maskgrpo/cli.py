@@ -140,16 +140,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .components import load_model
+    from .eval.generate import prompt_overflow
     from .generation import generate
+    from .recipe import MAX_TOKENS
     from .registry import samplers
 
+    for flag, value in (("--gen-length", args.gen_length), ("--block-length", args.block_length), ("--steps", args.steps)):
+        if value is not None and value > MAX_TOKENS:
+            raise MaskGRPOError(f"sample: {flag} {value} is more than {MAX_TOKENS:,}, the most this library runs")
     torch.manual_seed(args.seed)
-    backbone, tokenizer = load_model(args.model)
     spec = {"type": args.sampler, "gen_length": args.gen_length, "block_length": args.block_length or args.gen_length, "steps": args.steps}
     if args.temperature is not None:
         spec["temperature"] = args.temperature
     sampler = samplers.build(spec, where="sampler")
+    backbone, tokenizer = load_model(args.model)
     prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    over = prompt_overflow(backbone, tokenizer, args.gen_length, prompts)
+    if over is not None:
+        index, tokens, limit = over
+        raise MaskGRPOError(f"sample: prompt {index + 1} of {tokens} tokens + --gen-length {args.gen_length} exceeds {args.model}'s max_length {limit}")
     for prompt, completion in zip(prompts, generate(backbone, tokenizer, sampler, prompts, seed=args.seed)):
         print(f"{prompt}\t{completion}")
     return 0
@@ -210,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--outputs", help="JSONL of completions or a GenEval-layout folder of images: score only")
     e.add_argument("--out", default=None, help="folder for results.json and samples.jsonl")
     e.add_argument("--limit", type=int, default=None, help="score only the first N prompts")
-    e.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted in results.json)")
+    e.add_argument("--skip-bad", action="store_true", help="skip malformed rows, and score an unreadable image as a failed sample (counted in results.json)")
+    e.add_argument("--exclude-unreadable", action="store_true", help="leave unreadable images out of the score (counted in results.json as excluded)")
     e.add_argument("--batch-size", type=int, default=64, help="samples per generation / scoring batch")
     e.add_argument("--device", default="auto", help="device for generation (--model): auto, cpu, cuda, ...")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite field, e.g. sampler.steps=64")

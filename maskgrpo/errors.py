@@ -9,6 +9,15 @@ class RecipeError(MaskGRPOError):
     """A recipe field is missing, unknown, or has the wrong type or value."""
 
 
+class UnreadableFile(MaskGRPOError):
+    """A user's file that cannot be read (not a regular file, not an image, too large): the
+    message is "<path>: <reason>"; `path` and `reason` are kept apart for reports."""
+
+    def __init__(self, path: object, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
 class UnknownComponentError(MaskGRPOError, KeyError):
     """A registry lookup failed; the message lists close matches."""
 
@@ -47,6 +56,9 @@ def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -
     loc = ".".join(str(p) for p in first.get("loc", ()))
     path = ".".join(p for p in (prefix, loc) if p)
     kind = first.get("type", "")
+    if not loc and kind == "value_error":  # a model-level check: its message names the fields
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        return f"{prefix}: {message}" if prefix else message
     if kind == "extra_forbidden":
         message = "unknown field"
     elif kind == "missing":

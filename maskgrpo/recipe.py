@@ -48,9 +48,28 @@ class RewardSpec(_Strict):
         return {"type": self.type, **(self.model_extra or {})}
 
 
+# Upper bounds on sizes: far beyond any real run, they turn a typo (`group_size: 100000000000`)
+# into a one-line error from `check` instead of a MemoryError after the models are loaded.
+MAX_ROWS = 1_000_000  # rollout rows per step (prompts_per_step x group_size), batch sizes
+MAX_STEPS = 100_000_000  # training steps, warm-up, intervals
+MAX_TOKENS = 1_000_000  # sequence sizes: gen_length, block_length, image_tokens, max_length, sampler steps
+MAX_ITERATIONS = 10_000  # inner updates per rollout batch
+SIZE_OPTIONS = ("gen_length", "block_length", "image_tokens", "steps", "max_length")  # bounded in component specs
+
+
+def _check_sizes(spec: Any, where: str) -> None:
+    """A component spec's size options (SIZE_OPTIONS) are at most MAX_TOKENS."""
+    if not isinstance(spec, dict):
+        return
+    for key in SIZE_OPTIONS:
+        value = spec.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
+            raise ValueError(f"{where}.{key}: {value} is more than {MAX_TOKENS:,}, the most this library runs")
+
+
 class GRPOConfig(_Strict):
-    group_size: int = Field(8, ge=2, description="completions per prompt (G)")
-    num_iterations: int = Field(4, ge=1, description="inner updates per rollout batch (mu)")
+    group_size: int = Field(8, ge=2, le=MAX_ROWS, description="completions per prompt (G)")
+    num_iterations: int = Field(4, ge=1, le=MAX_ITERATIONS, description="inner updates per rollout batch (mu)")
     epsilon_low: float = Field(0.2, ge=0)
     epsilon_high: float = Field(0.2, ge=0)
     beta: float = Field(0.0, ge=0, description="k3 KL weight in the loss")
@@ -67,10 +86,10 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
     schedule: Literal["constant", "cosine"] = "constant"
     max_grad_norm: float | None = Field(1.0, gt=0)
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    grad_accum: int = Field(1, ge=1, le=MAX_ROWS, description="micro-batches per optimiser step")
 
 
 class EvalSuiteConfig(_Strict):
@@ -83,13 +102,13 @@ class EvalSuiteConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(100, ge=1)
-    prompts_per_step: int = Field(16, ge=1)
-    eval_every: int = Field(50, ge=0, description="0: evaluate only before and after")
-    save_every: int = Field(0, ge=0, description="0: save only at the end")
+    steps: int = Field(100, ge=1, le=MAX_STEPS)
+    prompts_per_step: int = Field(16, ge=1, le=MAX_ROWS)
+    eval_every: int = Field(50, ge=0, le=MAX_STEPS, description="0: evaluate only before and after")
+    save_every: int = Field(0, ge=0, le=MAX_STEPS, description="0: save only at the end")
     keep_best: bool = Field(False, description="also keep the policy of the best evaluation (step 0 included) in model-best/")
     device: str = Field("cpu", description="cpu, cuda or auto; under `accelerate launch` each process takes its own device")
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(256, ge=1, le=MAX_ROWS)
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast with fp32 master weights (accelerate); bf16 works on CPU too")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, more time)")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(["tensorboard"], description="trackers beside metrics.jsonl; [] for none")
@@ -102,12 +121,12 @@ class TrainConfig(_Strict):
 
 
 class SFTConfig(_Strict):
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(128, ge=1)
+    steps: int = Field(1000, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(128, ge=1, le=MAX_ROWS)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    eval_every: int = Field(500, ge=0)
+    warmup_steps: int = Field(100, ge=0, le=MAX_STEPS)
+    eval_every: int = Field(500, ge=0, le=MAX_STEPS)
     min_mask_rate: float = Field(1e-3, gt=0, le=1, description="t ~ U(min_mask_rate, 1)")
     prompt_dropout: float = Field(
         0.0, ge=0, lt=1, description="probability of masking an example's whole prompt, so classifier-free guidance has an unconditional model"
@@ -116,7 +135,7 @@ class SFTConfig(_Strict):
         "elbo", description="elbo: LLaDA's 1/t-weighted bound; masked_mean: mean cross-entropy over masked tokens (MaskGIT, for images)"
     )
     save_to: str | None = Field(None, description="also save the trained model (and tokenizer) here")
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end or when stopped)")
+    save_every: int = Field(0, ge=0, le=MAX_STEPS, description="checkpoint every N steps (0: only at the end or when stopped)")
     schedule: Literal["constant", "cosine"] = Field("cosine", description="after warm-up; cosine decays over `steps`, so a resume with more steps is not exact")
     device: str = "cpu"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -126,7 +145,7 @@ class SFTConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1, le=65_536)
     alpha: float = 16
     dropout: float = 0.0
     target_modules: list[str] | str = "all-linear"
@@ -168,6 +187,18 @@ class Recipe(_Strict):
                 raise ValueError("a grpo recipe needs at least one entry in 'rewards'")
         if self.kind == "sft" and self.sft is None:
             raise ValueError("an sft recipe needs an 'sft' section")
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_sizes(self) -> "Recipe":
+        rows = self.train.prompts_per_step * self.grpo.group_size
+        if self.kind == "grpo" and rows > MAX_ROWS:
+            raise ValueError(
+                f"train.prompts_per_step x grpo.group_size: {rows:,} rollout rows per step "
+                f"({self.train.prompts_per_step} x {self.grpo.group_size}), more than {MAX_ROWS:,}"
+            )
+        for field in ("backbone", "sampler", "eval_sampler"):
+            _check_sizes(getattr(self, field), field)
         return self
 
     @property

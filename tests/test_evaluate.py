@@ -265,14 +265,15 @@ def test_bad_image_and_bad_metadata(shapes_folder, tmp_path, capsys):
     assert error_line(capsys).endswith(f"{fake}: not an image")
     assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out), "--skip-bad"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["n"] == 23 and results["skipped"] == 1 and results["metrics"]["overall"] == 1.0
+    assert results["n"] == 24 and results["skipped"] == 0 and results["unreadable"] == 1 and results["metrics"]["overall"] < 1.0
     capsys.readouterr()
 
     meta = folder / "00005" / "metadata.jsonl"
     row = json.loads(meta.read_text())
     meta.write_text(json.dumps({**row, "tag": "bogus_tag"}) + "\n")
     assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out), "--skip-bad"]) == 0
-    assert json.loads((out / "results.json").read_text())["skipped"] == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["skipped"] == 1 and results["unreadable"] == 1 and results["n"] == 22
     capsys.readouterr()
     fake.unlink()
     assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out)]) == 2
@@ -286,6 +287,41 @@ def test_bad_image_and_bad_metadata(shapes_folder, tmp_path, capsys):
     meta.write_text(json.dumps(row) + "\n")
     assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out)]) == 2
     assert f"{folder / '00005' / 'samples'}: no images" in error_line(capsys)
+
+
+def test_an_unreadable_image_is_a_failed_sample_unless_excluded(shapes_folder, tmp_path, capsys):
+    """One broken file of six must not give 1.0 on the other five: with --skip-bad it is a failed
+    sample (score 0, its reason reported); --exclude-unreadable leaves it out, and says so."""
+    folder = tmp_path / "six"
+    rows = shapes_rows(1)[:3]  # 3 prompts x 2 images
+    write_geneval_folder(folder, rows, images_per_row=2, seed=4)
+    broken = folder / "00001" / "samples" / "0000.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a PNG cut off after its header
+    tag = rows[1]["tag"]
+    out = tmp_path / "out"
+    assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out)]) == 2
+    assert f"{broken}: " in error_line(capsys)
+
+    assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out), "--skip-bad", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["n"] == 6 and results["unreadable"] == 1 and results["excluded"] == 0 and results["skipped"] == 0
+    assert results["metrics"][tag] == 0.5 and results["metrics"]["overall"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert results["unreadable_reasons"][0].startswith(f"{broken}: ")
+    samples = read_jsonl(out / "samples.jsonl")
+    bad = [s for s in samples if (s["index"], s["sample"]) == (1, 0)]
+    assert len(bad) == 1 and bad[0]["correct"] is False and bad[0]["reason"].startswith("unreadable image: ") and bad[0]["unreadable"]
+    assert "1 unreadable image scored as a failure" in (out / "report.html").read_text()
+    printed = capsys.readouterr()
+    assert "1 unreadable image scored as a failure" in printed.err and "1 unreadable image scored as a failure" in printed.out
+
+    out2 = tmp_path / "out2"
+    assert main(["eval", str(SHAPES), "--outputs", str(folder), "--out", str(out2), "--exclude-unreadable", "--no-progress"]) == 0
+    results = json.loads((out2 / "results.json").read_text())
+    assert results["n"] == 5 and results["unreadable"] == 1 and results["excluded"] == 1 and results["metrics"]["overall"] == 1.0
+    assert len(read_jsonl(out2 / "samples.jsonl")) == 5
+    assert "1 unreadable image excluded" in (out2 / "report.html").read_text()
+    printed = capsys.readouterr()
+    assert "1 unreadable image excluded" in printed.err and "1 unreadable image excluded" in printed.out
 
 
 def test_a_text_model_on_an_image_suite_is_a_clear_error(tmp_path, capsys):

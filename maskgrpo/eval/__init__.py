@@ -23,9 +23,13 @@ From Python, in one line::
     from maskgrpo.eval import evaluate_suite
     results = evaluate_suite("gsm8k", outputs="completions.jsonl")   # or a suite file's path
 
-Bad input (missing file or folder, malformed JSONL line, an image that is not an image, an
-unknown tag) raises `MaskGRPOError` naming the file and line; with `skip_bad` such a row is
-skipped instead and counted in `results.json`.
+Bad input (missing file or folder, malformed JSONL line, an unknown tag) raises `MaskGRPOError`
+naming the file and line; with `skip_bad` such a row is skipped instead and counted in
+`results.json` (`skipped`). An image that cannot be read (not a regular file, not an image, more
+pixels than the suite's `max_image_pixels`, checked before decoding) is an error too; with
+`skip_bad` it is a failed sample (score 0, its reason in `samples.jsonl`), with
+`exclude_unreadable` it is left out of the score; `results.json` counts both (`unreadable`,
+`excluded`) and the reports say so.
 
 One module per concern: `suite` (schema, finding and loading a suite), `outputs` (JSONL, GenEval
 rows and folders, the suite's prompts), `generate` (`--model`), `score` (the suite's metrics),

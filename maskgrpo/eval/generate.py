@@ -14,7 +14,7 @@ from ..utils import progress_bar
 from .outputs import BadRows, read_suite_prompts, save_geneval_folder, validate_geneval_row
 from .suite import Suite, build_suite_sampler
 
-__all__ = ["LoadedModel", "generate_images", "generate_text"]
+__all__ = ["LoadedModel", "generate_images", "generate_text", "prompt_overflow"]
 
 
 @dataclass
@@ -63,21 +63,28 @@ def _gathered(accelerator: Any, indices: list[int], values: list[Any], n: int) -
     return ordered
 
 
-def _check_length(backbone: Any, tokenizer: Any, sampler: Any, suite: Suite, rows: list[dict[str, Any]]) -> None:
-    """The in-house transformer has a fixed maximum length: say which prompt does not fit
-    (prompt + gen_length) before generating, not deep inside the sampler."""
+def prompt_overflow(backbone: Any, tokenizer: Any, gen_length: int, prompts: list[str]) -> tuple[int, int, int] | None:
+    """(index, tokens, max_length) of the longest formatted prompt when it and `gen_length` do
+    not fit the in-house transformer's fixed max_length; None when they fit (or no fixed limit)."""
     from ..backbones.transformer import MaskedTransformer
 
-    if not isinstance(backbone, MaskedTransformer):
-        return
+    if not isinstance(backbone, MaskedTransformer) or not prompts:
+        return None
     limit = int(backbone.config.max_length)
+    lengths = [len(tokenizer.encode(tokenizer.format_prompt(p))) for p in prompts]
+    worst = max(range(len(prompts)), key=lengths.__getitem__)
+    return (worst, lengths[worst], limit) if lengths[worst] + gen_length > limit else None
+
+
+def _check_length(backbone: Any, tokenizer: Any, sampler: Any, suite: Suite, rows: list[dict[str, Any]]) -> None:
+    """Say which prompt does not fit (prompt + gen_length) before generating, not deep inside
+    the sampler."""
     gen = int(getattr(sampler, "gen_length", 0))
-    lengths = [len(tokenizer.encode(tokenizer.format_prompt(suite.format_prompt(r["prompt"])))) for r in rows]
-    worst = max(range(len(rows)), key=lengths.__getitem__)
-    if lengths[worst] + gen > limit:
+    over = prompt_overflow(backbone, tokenizer, gen, [suite.format_prompt(r["prompt"]) for r in rows])
+    if over is not None:
+        worst, tokens, limit = over
         raise MaskGRPOError(
-            f"{suite.data_path}:{rows[worst]['line']}: prompt of {lengths[worst]} tokens + gen_length {gen} "
-            f"exceeds the model's max_length {limit}"
+            f"{suite.data_path}:{rows[worst]['line']}: prompt of {tokens} tokens + gen_length {gen} exceeds the model's max_length {limit}"
         )
 
 

@@ -17,7 +17,7 @@ from ..errors import MaskGRPOError
 from ..utils import atomic_write_text
 from .generate import LoadedModel, generate_images, generate_text
 from .outputs import BadRows, read_image_outputs, read_text_outputs
-from .reports import print_results, public_sample, write_failures_md, write_grid_png, write_report_html
+from .reports import print_results, public_sample, unreadable_note, write_failures_md, write_grid_png, write_report_html
 from .score import score_images, score_text
 from .suite import Suite, load_suite
 
@@ -45,6 +45,7 @@ def evaluate_suite(
     out: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     skip_bad: bool = False,
+    exclude_unreadable: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     overrides: Sequence[str] | None = None,
     device: str = "auto",
@@ -58,8 +59,10 @@ def evaluate_suite(
 
     Writes `results.json`, `samples.jsonl` and the report (`failures.md`, or `grid.png` and
     `report.html`) into `out` (default `runs/eval/<suite name>`) and returns the results dict.
-    `limit`: first N prompts (text outputs: first N rows). `skip_bad`: skip malformed rows and
-    unreadable images (counted in `skipped`) instead of raising. `progress`: None shows a bar
+    `limit`: first N prompts (text outputs: first N rows). `skip_bad`: skip malformed rows
+    (counted in `skipped`) instead of raising, and score an image that cannot be read as a
+    failed sample (counted in `unreadable`); `exclude_unreadable`: leave such images out of the
+    score instead (counted in `excluded`). `progress`: None shows a bar
     when stderr is a terminal. `model` may also be a `LoadedModel` (the trainer's policy); with
     an `accelerator` every process generates its share and only the main process scores,
     writes and returns the results (the others return None).
@@ -73,7 +76,7 @@ def evaluate_suite(
     spec = load_suite(suite, overrides)
     out_dir = Path(out) if out is not None else Path("runs") / "eval" / spec.name
     check_output_dir(out_dir)  # before the work, not after it
-    bad = BadRows(skip_bad)
+    bad = BadRows(skip_bad, exclude_unreadable)
     t0 = time.perf_counter()
     generation_seconds = None
     if spec.modality == "text":
@@ -91,7 +94,7 @@ def evaluate_suite(
             generation_seconds = time.perf_counter() - t0
             if outputs is None:  # another process than the main one: its share is generated
                 return None
-        samples = read_image_outputs(Path(outputs), limit, bad)
+        samples = read_image_outputs(Path(outputs), limit, bad, spec.max_image_pixels)
         samples, scores = score_images(spec, samples, batch_size, progress, bad)
     seconds = time.perf_counter() - t0
     results: dict[str, Any] = {
@@ -113,6 +116,11 @@ def evaluate_suite(
         results["generation_seconds"] = round(generation_seconds, 3)
     if bad.reasons:
         results["skipped_reasons"] = bad.reasons[:MAX_REPORTED_SKIPS]
+    if spec.modality == "image":  # unreadable images: failed samples (in n), or excluded (not in n)
+        results["unreadable"] = len(bad.unreadable)
+        results["excluded"] = len(bad.unreadable) if bad.exclude_unreadable else 0
+        if bad.unreadable:
+            results["unreadable_reasons"] = bad.unreadable[:MAX_REPORTED_SKIPS]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(public_sample(s), ensure_ascii=False) + "\n" for s in samples))
@@ -124,13 +132,15 @@ def evaluate_suite(
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     if bad.reasons:
         print(f"maskgrpo: skipped {len(bad)} bad rows (first: {bad.reasons[0]})", file=sys.stderr)
+    if bad.unreadable:
+        print(f"maskgrpo: {unreadable_note(results)} (first: {bad.unreadable[0]})", file=sys.stderr)
     if print_table:
         print_results(results, out_dir)
     return results
 
 
 def run_eval_cli(args: Any) -> int:
-    """`maskgrpo eval SUITE (--model M | --outputs PATH) [--out DIR] [--limit N] [--skip-bad] ...`"""
+    """`maskgrpo eval SUITE (--model M | --outputs PATH) [--out DIR] [--limit N] [--skip-bad] [--exclude-unreadable] ...`"""
     evaluate_suite(
         args.suite,
         model=args.model,
@@ -138,6 +148,7 @@ def run_eval_cli(args: Any) -> int:
         out=args.out,
         limit=args.limit,
         skip_bad=args.skip_bad,
+        exclude_unreadable=getattr(args, "exclude_unreadable", False),
         batch_size=getattr(args, "batch_size", DEFAULT_BATCH_SIZE),
         overrides=getattr(args, "set", None) or [],
         device=getattr(args, "device", "auto"),

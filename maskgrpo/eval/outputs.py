@@ -4,18 +4,24 @@ Text outputs are a JSONL file with one object per line holding `completion` and 
 `answer` (optional `prompt`/`question`). Image outputs are GenEval's folder layout,
 `<index>/metadata.jsonl` (one GenEval row) + `<index>/samples/*.png`; `save_geneval_folder`
 writes it. A bad row raises `MaskGRPOError` naming the file and line, or with `skip_bad` is
-remembered in `BadRows` and skipped.
+remembered in `BadRows` and skipped. An image that cannot be read (not a regular file, not an
+image, more pixels than the suite's `max_image_pixels`) is an error too; with `skip_bad` it is a
+failed sample (scored 0 with its reason), with `exclude_unreadable` it is left out; either way
+it is counted. Only regular files are opened, and an image's size is checked on its header,
+before a pixel is decoded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from ..errors import MaskGRPOError
+from ..errors import MaskGRPOError, UnreadableFile
 from ..geneval_vocab import GENEVAL_COLORS, GENEVAL_RELATIONS, GENEVAL_TAGS
+from ..tasks.jsonl import iter_jsonl, open_regular_file
 from ..utils import atomic_save_image, atomic_write_text
 from .suite import Suite
 
@@ -23,6 +29,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "BadRows",
     "iter_jsonl",
+    "open_image",
     "read_image_outputs",
     "read_suite_prompts",
     "read_text_outputs",
@@ -35,11 +42,14 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
 
 # -- bad rows and JSONL ------------------------------------------------------------------------------
 class BadRows:
-    """Raise on a bad row, or (skip_bad) remember it and go on."""
+    """Raise on a bad row, or (skip) remember it and go on. An unreadable image raises unless
+    it is scored as a failure (skip) or left out (exclude_unreadable); either is remembered."""
 
-    def __init__(self, skip: bool):
+    def __init__(self, skip: bool, exclude_unreadable: bool = False):
         self.skip = skip
+        self.exclude_unreadable = exclude_unreadable
         self.reasons: list[str] = []
+        self.unreadable: list[str] = []
 
     def __call__(self, message: str) -> None:
         if not self.skip:
@@ -49,27 +59,12 @@ class BadRows:
     def __len__(self) -> int:
         return len(self.reasons)
 
-
-def iter_jsonl(path: Path, bad: BadRows) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; bad lines go to `bad` naming file:line."""
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                bad(f"{path}:{lineno}: not valid UTF-8 text")
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                bad(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(obj, dict):
-                bad(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            yield lineno, obj
+    def unreadable_sample(self, err: UnreadableFile) -> bool:
+        """An output that cannot be read: True keeps it as a failed sample, False leaves it out."""
+        if not (self.skip or self.exclude_unreadable):
+            raise MaskGRPOError(str(err)) from None
+        self.unreadable.append(str(err))
+        return not self.exclude_unreadable
 
 
 def _need_file(path: Path, what: str) -> None:
@@ -77,6 +72,35 @@ def _need_file(path: Path, what: str) -> None:
         raise MaskGRPOError(f"{path}: file not found")
     if path.is_dir():
         raise MaskGRPOError(f"{path}: is a folder; {what}")
+    if not path.is_file():
+        raise MaskGRPOError(f"{path}: not a regular file")
+
+
+def open_image(path: str | os.PathLike[str], max_pixels: int, decode: bool = True) -> Any:
+    """The image at `path` as RGB (decode), or None once its header is checked (and, for a PNG,
+    its chunks verified). Raises `UnreadableFile`: not a regular file, not an image, or more
+    than `max_pixels` pixels (checked on the header, before decoding)."""
+    from PIL import Image
+
+    with open_regular_file(path) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+        try:
+            im = Image.open(f)
+        except Image.DecompressionBombError:
+            raise UnreadableFile(path, f"more pixels than PIL's limit ({2 * (Image.MAX_IMAGE_PIXELS or 0):,})") from None
+        except Exception:
+            raise UnreadableFile(path, "not an image") from None
+        with im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise UnreadableFile(path, f"{width}x{height} pixels, more than the suite's max_image_pixels {max_pixels}")
+            try:
+                if not decode:
+                    im.verify()
+                    return None
+                return im.convert("RGB")
+            except Exception as err:
+                raise UnreadableFile(path, f"damaged image ({str(err)[:80] or type(err).__name__})") from None
 
 
 # -- GenEval metadata and folders ----------------------------------------------------------------------
@@ -170,11 +194,10 @@ def read_text_outputs(path: Path, suite: Suite, limit: int | None, bad: BadRows)
     return samples
 
 
-def read_image_outputs(folder: Path, limit: int | None, bad: BadRows) -> list[dict[str, Any]]:
-    """One entry per image: index, metadata, image path. Structure and image headers are checked
-    here, before any metric is built."""
-    from PIL import Image
-
+def read_image_outputs(folder: Path, limit: int | None, bad: BadRows, max_pixels: int) -> list[dict[str, Any]]:
+    """One entry per image: index, metadata, image path, and `unreadable` (the reason) for an
+    image that cannot be read but is scored as a failure. Structure and image headers are
+    checked here, before any metric is built."""
     if not folder.exists():
         raise MaskGRPOError(f"{folder}: folder not found")
     if not folder.is_dir():
@@ -188,7 +211,7 @@ def read_image_outputs(folder: Path, limit: int | None, bad: BadRows) -> list[di
     for index_dir in indices:
         meta_file = index_dir / "metadata.jsonl"
         if not meta_file.is_file():
-            bad(f"{meta_file}: file not found")
+            bad(f"{meta_file}: {'not a regular file' if meta_file.exists() else 'file not found'}")
             continue
         rows = list(iter_jsonl(meta_file, bad))
         if not rows:
@@ -206,25 +229,26 @@ def read_image_outputs(folder: Path, limit: int | None, bad: BadRows) -> list[di
             bad(f"{sample_dir}: no images (*.png)")
             continue
         for k, file in enumerate(files):
+            sample = {
+                "index": int(index_dir.name),
+                "sample": k,
+                "tag": row["tag"],
+                "prompt": row["prompt"],
+                "file": str(file.relative_to(folder)),
+                "path": str(file.absolute()),
+                "metadata": row,
+            }
             try:
-                with Image.open(file) as im:
-                    im.verify()
-            except Exception:
-                bad(f"{file}: not an image")
-                continue
-            samples.append(
-                {
-                    "index": int(index_dir.name),
-                    "sample": k,
-                    "tag": row["tag"],
-                    "prompt": row["prompt"],
-                    "file": str(file.relative_to(folder)),
-                    "path": str(file.resolve()),
-                    "metadata": row,
-                }
-            )
+                open_image(file, max_pixels, decode=False)
+                sample["path"] = str(file.resolve())
+            except UnreadableFile as err:
+                if not bad.unreadable_sample(err):
+                    continue
+                sample["unreadable"] = err.reason
+            samples.append(sample)
     if not samples:
-        raise MaskGRPOError(f"{folder}: no images to score" + (f" ({len(bad)} bad entries skipped)" if len(bad) else ""))
+        left_out = [f"{len(bad)} bad entries skipped"] * bool(len(bad)) + [f"{len(bad.unreadable)} unreadable images excluded"] * bool(bad.unreadable)
+        raise MaskGRPOError(f"{folder}: no images to score" + (f" ({', '.join(left_out)})" if left_out else ""))
     return samples
 
 

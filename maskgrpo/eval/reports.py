@@ -14,7 +14,7 @@ from ..report import save_image_grid
 from ..utils import atomic_write_text
 from .suite import Suite
 
-__all__ = ["print_results", "public_sample", "write_failures_md", "write_grid_png", "write_report_html"]
+__all__ = ["print_results", "public_sample", "unreadable_note", "write_failures_md", "write_grid_png", "write_report_html"]
 
 MAX_FAILURE_ROWS = 1000  # failures.md lists at most this many
 GRID_SAMPLES = 64
@@ -24,6 +24,18 @@ def public_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """A sample as written to samples.jsonl (an image sample's metadata row is in its folder;
     its tag and prompt are kept)."""
     return {k: v for k, v in sample.items() if k != "metadata"}
+
+
+def unreadable_note(results: dict[str, Any]) -> str | None:
+    """What became of unreadable images ("2 unreadable images scored as failures", "1 unreadable
+    image excluded from the score ..."), or None when every image could be read."""
+    n = results.get("unreadable") or 0
+    if not n:
+        return None
+    what = f"{n} unreadable image{'s' if n != 1 else ''}"
+    if results.get("excluded"):
+        return f"{what} excluded from the score (--exclude-unreadable)"
+    return f"{what} scored as {'failures' if n != 1 else 'a failure'}"
 
 
 def _cell(text: Any, width: int) -> str:
@@ -76,14 +88,18 @@ def _pick_for_grid(samples: list[dict[str, Any]], limit: int) -> list[dict[str, 
     return sorted(picked, key=lambda s: (s["index"], s.get("sample", 0)))
 
 
-def _open_image(path: str, cell: int) -> Any:
+def _open_image(sample: dict[str, Any], cell: int, max_pixels: int) -> Any:
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception:  # scored without it (skip_bad): shown blank
-        return Image.new("RGB", (cell, cell), (255, 255, 255))
+    from ..errors import UnreadableFile
+    from .outputs import open_image
+
+    if "unreadable" not in sample:  # an unreadable file is never opened again (it may be a FIFO)
+        try:
+            return open_image(sample["path"], max_pixels)
+        except UnreadableFile:
+            pass
+    return Image.new("RGB", (cell, cell), (255, 255, 255))  # a failed sample without an image: blank
 
 
 def write_grid_png(
@@ -94,14 +110,14 @@ def write_grid_png(
     picked = _pick_for_grid(samples, max_samples)
     metrics_line = ", ".join(f"{k} {v:.3f}" for k, v in results["metrics"].items() if isinstance(v, (int, float)))
     save_image_grid(
-        [_open_image(s["path"], cell) for s in picked],
+        [_open_image(s, cell, suite.max_image_pixels) for s in picked],
         [f"{s['index']}: {s.get('prompt', '')}" for s in picked],
         target,
         cols=cols,
         cell=cell,
         passed=[bool(s.get("correct")) for s in picked],
         notes=["PASS" if s.get("correct") else f"FAIL: {s.get('reason') or 'failed'}" for s in picked],
-        header=[f"{suite.name}: {len(picked)} of {results['n']} samples (green: pass, red: fail)", metrics_line],
+        header=[f"{suite.name}: {len(picked)} of {results['n']} samples (green: pass, red: fail)", metrics_line + (f"; {note}" if (note := unreadable_note(results)) else "")],
         caption_lines=3,
         note_lines=3,
     )
@@ -121,7 +137,9 @@ def write_report_html(target: Path, suite: Suite, samples: list[dict[str, Any]],
         "img{width:96px;image-rendering:pixelated;border:4px solid}.pass{border-color:#28aa3c}.fail{border-color:#dc2828}"
         ".r{color:#b00}</style></head><body>",
         f"<h1>{esc(suite.name)}</h1>",
-        f"<p>{results['n']} samples, {results['skipped']} skipped, {results['seconds']:.1f} s.</p>",
+        f"<p>{results['n']} samples, {results['skipped']} skipped, {results['seconds']:.1f} s."
+        + (f" {esc(note)}." if (note := unreadable_note(results)) else "")
+        + "</p>",
         "<table><tr><th>metric</th><th>value</th></tr>",
     ]
     for k, v in results["metrics"].items():
@@ -139,8 +157,9 @@ def write_report_html(target: Path, suite: Suite, samples: list[dict[str, Any]],
                 f"{d.get('color', '') + ' ' if d.get('color') else ''}{d.get('label', '?')} {d.get('score', 0):.2f}" for d in s.get("detections", [])
             )
             verdict = "pass" if ok else f"<span class='r'>fail: {esc(s.get('reason') or '')}</span>"
+            thumb = f"<img class='{'pass' if ok else 'fail'}' src='{esc(src)}'>" if "unreadable" not in s else "<span class='r'>(unreadable)</span>"
             parts.append(
-                f"<tr><td><img class='{'pass' if ok else 'fail'}' src='{esc(src)}'></td><td>{s['index']}/{s.get('sample', 0)}</td>"
+                f"<tr><td>{thumb}</td><td>{s['index']}/{s.get('sample', 0)}</td>"
                 f"<td>{esc(s.get('prompt', ''))}</td><td>{verdict}</td><td>{esc(dets)}</td></tr>"
             )
         parts.append("</table>")
@@ -164,3 +183,5 @@ def print_results(results: dict[str, Any], out: Path, file: Any = None) -> None:
         f"n {results['n']}, skipped {results['skipped']}, {results['seconds']:.1f} s "
         f"({results['samples_per_second']:.1f} samples/s); results in {out}"
     )
+    if note := unreadable_note(results):
+        console.print(note)

@@ -22,6 +22,11 @@ from ..registry import detectors, load_entry_point_plugins, load_plugins, metric
 __all__ = ["SUITE_PATHS", "Suite", "SuiteFields", "build_suite_sampler", "bundled_suites", "check_suite", "load_suite"]
 
 
+MAX_SAMPLES_PER_PROMPT = 10_000
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # a few KB of PNG can claim 10000 x 10000 pixels (GiBs decoded)
+MAX_IMAGE_PIXELS = 16384 * 16384
+
+
 class SuiteFields(_Strict):
     """Which fields of a data row hold the prompt and the gold answer."""
 
@@ -43,7 +48,13 @@ class Suite(_Strict):
     image_tokenizer: Spec | None = Field(
         None, description="image suites: the VQ tokenizer that turns generated codes into images (--model); a relative `path` is relative to the suite file"
     )
-    samples_per_prompt: int = Field(1, ge=1)
+    samples_per_prompt: int = Field(1, ge=1, le=MAX_SAMPLES_PER_PROMPT)
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        le=MAX_IMAGE_PIXELS,
+        description="image suites: a larger image (width x height, read from its header before decoding) cannot be read",
+    )
     seed: int = 0
     plugins: list[str] = Field([], description="modules or .py files (relative to the suite) to import first")
     licence: str | None = Field(None, description="where the data's licence notice is")
