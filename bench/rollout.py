@@ -1,10 +1,24 @@
 """Rollout throughput of the LLaDA sampler, its overhead over the bare forward passes it needs,
-and its speed against a straightforward reference loop that recomputes full logits each step.
+and its speed against a straightforward reference loop that recomputes full logits each step;
+then the fast-rollout table (issue 14): every `cache` mode x `threshold` (off, 0.9) at completion
+256, block 32, on the arithmetic-size model and on d 512 x 8 layers with a 32k vocabulary.
 
     python -m bench.rollout            # writes bench/results/rollout.json
+    python -m bench.rollout --only fast          # the fast-rollout table alone (a few minutes at 1 thread)
+    python -m bench.rollout --only fast --quick  # a smoke run (completion 64, smaller models)
+
+Models are randomly initialised. The time of a forward does not depend on the weights, but the
+number of forwards that threshold decoding needs does: a random model's confidences are near
+1/vocabulary, so at tau = 0.9 it commits one token per step (the worst case, more forwards than
+the 2-tokens-per-step baseline). The `peaked` rows scale the random model's output layer so that
+its predictions are confident, which shows what the threshold saves when it fires; neither is a
+trained model's behaviour, which only a trained checkpoint can measure.
 """
 
 from __future__ import annotations
+
+import argparse
+import time
 
 import torch
 
@@ -50,7 +64,7 @@ def reference_sample(model, prompt, gen_length, block_length, steps, temperature
     return x
 
 
-def main() -> None:
+def sampler_table() -> list[dict]:
     torch.manual_seed(0)
     rows = []
     for name, vocab, d, layers, batch, p, gen, block, steps in CONFIGS:
@@ -87,9 +101,80 @@ def main() -> None:
                 "same output": same,
             }
         )
-    cols = list(rows[0])
-    print(table(rows, cols))
-    print(f"results: {save('rollout', {'rows': rows})}")
+    print(table(rows, list(rows[0])))
+    return rows
+
+
+FAST_MODELS = [
+    # name, vocab, d_model, layers, heads, prompt; arith: the arithmetic world's char vocabulary and model size
+    ("arith d128x3", 21, 128, 3, 4, 32),
+    ("d512x8 v32k", 32000, 512, 8, 8, 32),
+]
+FAST_SETTINGS = [(cache, tau) for cache in ("none", "prefix", "dual") for tau in (None, 0.9)]
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def fast_table(quick: bool = False, batch: int = 1) -> list[dict]:
+    """Every cache mode x threshold on each model, against cache none / threshold off (today's
+    sampler): 256 tokens in blocks of 32 with 128 steps (2 tokens per step, the paper's rollouts)."""
+    gen, block, steps = (64, 16, 32) if quick else (256, 32, 128)
+    rows = []
+    for name, vocab, d, layers, heads, p in FAST_MODELS:
+        if quick:
+            layers = min(layers, 2)
+        torch.manual_seed(0)
+        model = MaskedTransformer(vocab, vocab - 1, max_length=p + gen, d_model=d, n_layers=layers, n_heads=heads).eval()
+        prompt = torch.randint(0, vocab - 1, (batch, p))
+        variants = [("random", model)]
+        if vocab > 100:  # a confident copy: the threshold rows with a threshold that fires
+            peaked = MaskedTransformer(vocab, vocab - 1, max_length=p + gen, d_model=d, n_layers=layers, n_heads=heads).eval()
+            peaked.load_state_dict(model.state_dict())
+            with torch.no_grad():
+                peaked.head.weight.mul_(100.0)
+            variants.append(("peaked", peaked))
+        baseline = None
+        LowConfidenceSampler(gen, block, steps, temperature=0.9).sample(model, prompt, torch.Generator().manual_seed(0))  # warm-up
+        for weights, m in variants:
+            for cache, tau in FAST_SETTINGS:
+                if weights == "peaked" and tau is None:
+                    continue  # same forwards as the random model: same time
+                sampler = LowConfidenceSampler(gen, block, steps, temperature=0.9, cache=cache, threshold=tau)
+                seconds, out = timed(lambda: sampler.sample(m, prompt, torch.Generator().manual_seed(0)))
+                baseline = baseline or seconds
+                rows.append(
+                    {
+                        "model": name,
+                        "weights": weights,
+                        "cache": cache,
+                        "threshold": "off" if tau is None else tau,
+                        "tokens/s": batch * gen / seconds,
+                        "forwards/token": out.stats["forwards"] / gen,
+                        "tokens/step": out.stats["tokens_per_step"],
+                        "speed-up": baseline / seconds,
+                    }
+                )
+                print(table(rows[-1:], list(rows[-1])), flush=True)
+    print(f"\nfast rollouts: completion {gen}, block {block}, {steps} steps, batch {batch}, {torch.get_num_threads()} threads")
+    print(table(rows, list(rows[0])))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["all", "sampler", "fast"], default="all")
+    parser.add_argument("--quick", action="store_true", help="fast table: completion 64, at most 2 layers (a smoke run)")
+    args = parser.parse_args(argv)
+    payload = {}
+    if args.only in ("all", "sampler"):
+        payload["rows"] = sampler_table()
+    if args.only in ("all", "fast"):
+        payload["fast_rows"] = fast_table(args.quick)
+    print(f"results: {save('rollout' if args.only == 'all' else f'rollout-{args.only}', payload)}")
 
 
 if __name__ == "__main__":

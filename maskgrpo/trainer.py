@@ -122,6 +122,8 @@ class GRPOTrainer:
         local_totals, local_components = self.rewards.score(prompts, completions, columns)
         totals = gather_list(self.acc, local_totals)
         row: dict[str, Any] = {"step": step + 1}
+        # rollout cost (this process's): forwards per block, tokens committed per step (over-confidence)
+        row.update({f"rollout/{k}": v for k, v in rollout.stats.items() if k in ("forwards_per_block", "tokens_per_step")})
         for name, values in local_components.items():
             present = [float(v) for v in gather_list(self.acc, values) if v is not None]
             row[f"reward/{name}/mean"] = sum(present) / len(present) if present else float("nan")

@@ -62,3 +62,26 @@ def token_logprobs(
     if not entropy:
         return logp
     return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+KV = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), [B, heads, L, head_dim]
+
+
+@runtime_checkable
+class KVCacheBackbone(Protocol):
+    """A backbone with a forward over a slice of columns against cached keys/values (the block
+    KV cache of the text sampler, `sampler.cache`).
+
+    `hidden_kv(tokens, attention_mask, start, cache)`: without `cache`, `tokens` is the whole
+    sequence [B, L] and the result is (hidden [B, L, d], each layer's (keys, values) over all L
+    columns): the same hidden states as `hidden`. With `cache` (per-layer (keys, values) over
+    all L columns, from an earlier call), `tokens` [B, n] are the columns start:start+n; each
+    layer attends (bidirectionally) to the cached keys/values with those n columns replaced by
+    freshly computed ones, and the result is (hidden of the n columns, each layer's spliced
+    (keys, values) over all L columns). Positions are those of the same columns in the full
+    sequence, and `attention_mask` [B, L] always covers all L columns (keys), so padding is
+    treated exactly as in the uncached forward."""
+
+    def hidden_kv(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, start: int = 0, cache: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]: ...

@@ -180,10 +180,11 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(hidden, d, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, past: KV | None = None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, past: KV | None = None, future: KV | None = None
     ) -> tuple[torch.Tensor, KV]:
-        """`past`: this layer's (keys, values) of earlier columns, keys already rotated. Returns
-        the new hidden states and the (keys, values) of all columns (past + these)."""
+        """`past`: this layer's (keys, values) of earlier columns, keys already rotated; `future`:
+        those of later columns (the dual block cache). Returns the new hidden states and the
+        (keys, values) of all columns (past + these + future)."""
         cfg = self.cfg
         b, length, _ = x.shape
         h = self.attn_norm(x)
@@ -196,6 +197,8 @@ class LLaDABlock(nn.Module):
             q, k = apply_rope(q, cos.to(q.dtype), sin.to(q.dtype)), apply_rope(k, cos.to(k.dtype), sin.to(k.dtype))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if future is not None:
+            k, v = torch.cat([k, future[0]], dim=2), torch.cat([v, future[1]], dim=2)
         drop = cfg.attention_dropout if self.training else 0.0
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, enable_gqa=cfg.n_kv_heads != cfg.n_heads)
         att = self.attn_out(att.transpose(1, 2).reshape(b, length, cfg.d_model))
@@ -274,24 +277,29 @@ class LLaDABackbone(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: list[KV] | None = None,
+        future_key_values: list[KV] | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
-        """(hidden [B, L, d], per-layer (keys, values) of past + these columns).
+        """(hidden [B, L, d], per-layer (keys, values) of past + these + future columns).
 
         With `past_key_values` (one (k, v) per layer, keys rotated, [B, kv_heads, P, head_dim]),
         `tokens` are the columns after those P; `position_ids` default to P + arange(L), and
-        `attention_mask` covers all P + L keys. Feeding a full pass's keys/values for a prefix
-        reproduces that pass's outputs on the rest exactly (a test checks this)."""
+        `attention_mask` covers all P + L (+ F) keys. Feeding a full pass's keys/values for a prefix
+        reproduces that pass's outputs on the rest exactly (a test checks this).
+        `future_key_values` (F columns after these, keys rotated at their own positions) are
+        attended to as well: the dual block cache of the text sampler."""
         cfg, t = self.cfg, self.model.transformer
         batch, length = tokens.shape
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        if past_key_values is not None and len(past_key_values) != cfg.n_layers:
-            raise MaskGRPOError(f"backbone: past_key_values has {len(past_key_values)} layers, the model {cfg.n_layers}")
+        future_len = 0 if future_key_values is None else future_key_values[0][0].shape[2]
+        for name, given in (("past_key_values", past_key_values), ("future_key_values", future_key_values)):
+            if given is not None and len(given) != cfg.n_layers:
+                raise MaskGRPOError(f"backbone: {name} has {len(given)} layers, the model {cfg.n_layers}")
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + length, device=tokens.device)
         cos, sin = rope_tables(position_ids, cfg.head_dim, cfg.rope_theta)
         if cos.dim() == 3:  # per-row positions [B, L]: broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
-        mask = _attention_mask(attention_mask, batch, past_len + length) if self.mask_padding else None
+        mask = _attention_mask(attention_mask, batch, past_len + length + future_len) if self.mask_padding else None
         x = t.wte(tokens)
         if cfg.input_emb_norm:
             x = x * cfg.d_model**0.5
@@ -299,12 +307,31 @@ class LLaDABackbone(nn.Module):
         present: list[KV] = []
         for i, block in enumerate(t.blocks):
             past = None if past_key_values is None else past_key_values[i]
+            future = None if future_key_values is None else future_key_values[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, kv = checkpoint(block, x, cos, sin, mask, past, use_reentrant=False)
+                x, kv = checkpoint(block, x, cos, sin, mask, past, future, use_reentrant=False)
             else:
-                x, kv = block(x, cos, sin, mask, past)
+                x, kv = block(x, cos, sin, mask, past, future)
             present.append(kv)
         return t.ln_f(x), present
+
+    def hidden_kv(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, start: int = 0, cache: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """The KV-cache forward of the text sampler (backbones.base.KVCacheBackbone) over
+        `hidden_states`: columns start:start+n against the cache's columns before and after
+        them, RoPE positions start + arange(n) as in the full pass (padding included, as there)."""
+        if cache is None:
+            if start != 0:
+                raise MaskGRPOError("backbone: hidden_kv without a cache needs the whole sequence (start 0)")
+            return self.hidden_states(tokens, attention_mask)
+        end = start + tokens.shape[1]
+        if start < 0 or end > cache[0][0].shape[2]:
+            raise MaskGRPOError(f"backbone: hidden_kv columns {start}:{end} outside the cached {cache[0][0].shape[2]}")
+        past = [(k[:, :, :start], v[:, :, :start]) for k, v in cache]
+        future = [(k[:, :, end:], v[:, :, end:]) for k, v in cache] if end < cache[0][0].shape[2] else None
+        positions = torch.arange(start, end, device=tokens.device)
+        return self.hidden_states(tokens, attention_mask, positions, past, future)
 
     # -- LoRA (peft), what the trainer's apply_lora and reference policy use --------------------------
     def add_adapter(self, config: Any, adapter_name: str = "default") -> None:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders.peft import PeftAdapterMixin
@@ -25,6 +26,7 @@ from ..errors import MaskGRPOError
 from ..registry import backbones
 from ..utils import atomic_directory
 from ..weights import check_tensors, load_tensors, shapes, tensor_files
+from .base import KV
 
 
 class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -107,6 +109,34 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 x = block(x, attn_mask=attn_mask)
         return self.norm(x)
 
+    def hidden_kv(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, start: int = 0, cache: list[KV] | None = None
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """The KV-cache forward (backbones.base.KVCacheBackbone): hidden states of the columns
+        start:start+n of a sequence of L columns, attending to `cache` (each layer's keys/values
+        over all L columns) with these n columns recomputed; without `cache`, the full sequence
+        (the same numbers as `hidden`) and the keys/values that become the cache. Position
+        embeddings are those of the same columns in the full L-column pass ("right": aligned to
+        max_length - L), and `attention_mask` [B, L] masks keys as there."""
+        n = tokens.shape[1]
+        length = n if cache is None else cache[0][0].shape[2]
+        if cache is None and start != 0:
+            raise MaskGRPOError("backbone: hidden_kv without a cache needs the whole sequence (start 0)")
+        if start < 0 or start + n > length:
+            raise MaskGRPOError(f"backbone: hidden_kv columns {start}:{start + n} outside the cached {length}")
+        if cache is not None and len(cache) != len(self.blocks):
+            raise MaskGRPOError(f"backbone: the cache has {len(cache)} layers, the model {len(self.blocks)}")
+        if length > self.config.max_length:
+            raise ValueError(f"sequence of {length} tokens exceeds max_length {self.config.max_length}")
+        offset = self.config.max_length - length if self.config.positions == "right" else 0
+        x = self.embed(tokens) + self.pos[:, offset + start : offset + start + n]
+        attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        present: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            x, kv = _block_with_cache(block, x, attn_mask, None if cache is None else cache[i], start)
+            present.append(kv)
+        return self.norm(x), present
+
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each block's activations in the backward pass (same gradients, less memory)."""
         self.gradient_checkpointing = True
@@ -127,6 +157,29 @@ class MaskedTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
                     if f.is_file() and f.name not in ("config.json", "diffusion_pytorch_model.safetensors"):
                         (tmp / f.name).write_bytes(f.read_bytes())
             super().save_pretrained(tmp, safe_serialization=True, **kwargs)
+
+
+def _block_with_cache(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KV | None, start: int) -> tuple[torch.Tensor, KV]:
+    """timm's `Block.forward` (and its `Attention.forward`, fused SDPA path) op for op, with
+    the keys/values of the columns start:start+n spliced into `cache` before attention; returns
+    the block's output for these columns and the (spliced) keys/values over all columns."""
+    attn = block.attn
+    h = block.norm1(x)
+    b, n, _ = h.shape
+    gate = attn.gate(h).sigmoid() if getattr(attn, "gate", None) is not None else None
+    q, k, v = attn.qkv(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if cache is not None:
+        k = torch.cat([cache[0][:, :, :start], k, cache[0][:, :, start + n :]], dim=2)
+        v = torch.cat([cache[1][:, :, :start], v, cache[1][:, :, start + n :]], dim=2)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    a = attn.norm(a.transpose(1, 2).reshape(b, n, -1))
+    if gate is not None:
+        a = a * gate
+    a = attn.proj_drop(attn.proj(a))
+    x = x + block.drop_path1(block.ls1(a))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, (k, v)
 
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +25,10 @@ class Rollout:
     # [B] global index of each row (set by the trainer): estimators draw each row's masks from
     # its own generator, so masks do not depend on the batch or the process count
     row_ids: torch.Tensor | None = None
+    # what the rollout cost (text sampler): `forwards` (backbone forward passes, a guided pair
+    # counted once), `forwards_per_block` (their mean per block), `tokens_per_step` (mean tokens
+    # a row committed in a step in which it committed any); the trainer logs them as rollout/*
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def completion(self) -> torch.Tensor:
@@ -33,7 +37,7 @@ class Rollout:
     def index(self, rows: torch.Tensor | slice) -> "Rollout":
         mask = None if self.attention_mask is None else self.attention_mask[rows]
         ids = None if self.row_ids is None else self.row_ids[rows]
-        return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask, ids)
+        return Rollout(self.tokens[rows], self.prompt_length, self.decode_step[rows], mask, ids, dict(self.stats))
 
 
 def all_mask_start(
@@ -58,12 +62,23 @@ def guided_logits(
     (padding kept). Both halves go through the backbone in one batch."""
     if cfg_scale == 0:
         return backbone.logits_from_hidden(backbone.hidden(x, attn)[:, lo:hi])
+    both, both_attn = guidance_batch(x, attn, prompt_length, backbone.mask_token_id)
+    return guide(backbone.logits_from_hidden(backbone.hidden(both, both_attn)[:, lo:hi]), cfg_scale)
+
+
+def guidance_batch(x: torch.Tensor, attn: torch.Tensor | None, prompt_length: int, mask_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[x; x with its prompt masked (padding kept)] and the attention mask doubled to match:
+    the conditional and unconditional halves of classifier-free guidance in one batch."""
     uncond = x.clone()
     prompt = uncond[:, :prompt_length]
     real = attn[:, :prompt_length].bool() if attn is not None else torch.ones_like(prompt, dtype=torch.bool)
-    prompt[real] = backbone.mask_token_id
-    both_attn = None if attn is None else torch.cat([attn, attn])
-    cond, unc = backbone.logits_from_hidden(backbone.hidden(torch.cat([x, uncond]), both_attn)[:, lo:hi]).chunk(2)
+    prompt[real] = mask_id
+    return torch.cat([x, uncond]), None if attn is None else torch.cat([attn, attn])
+
+
+def guide(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Logits of a guidance batch [2B, ...] -> l_uncond + (1 + w)(l_cond - l_uncond) [B, ...]."""
+    cond, unc = logits.chunk(2)
     return unc + (1 + cfg_scale) * (cond - unc)
 
 
