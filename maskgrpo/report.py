@@ -44,6 +44,8 @@ def plot_curves(
             pts = [(x["step"], x[k]) for x in rows if isinstance(x.get(k), (int, float))]
             target_ax.plot([a for a, _ in pts], [b for _, b in pts], color=("tab:purple", "tab:green")[i], label=k)
             target_ax.set_ylabel(k)
+            if k == "kl":  # k3 is heavy-tailed once the policy drifts: a log scale keeps the start readable
+                target_ax.set_yscale("symlog", linthresh=0.01)
         low.grid(alpha=0.3)
         low.legend(*[sum(z, []) for z in zip(*(a.get_legend_handles_labels() for a in (low, right) if a is not None))], loc="upper left")
     axes[-1][0].set_xlabel("GRPO step")
