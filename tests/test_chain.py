@@ -173,7 +173,6 @@ def test_chain_recipes_check(name: str, capsys: pytest.CaptureFixture[str]) -> N
     assert "ok" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not (CHECKPOINT / "config.json").is_file(), reason="chain-small is not shipped yet (make it with recipes/chain-sft.yaml)")
 def test_shipped_policy_loads_and_works_steps_out() -> None:
     from maskgrpo.components import build_run
     from maskgrpo.generation import generate
