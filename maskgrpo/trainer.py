@@ -106,6 +106,7 @@ class GRPOTrainer:
         examples = [self.task.train_example(step * n_prompts + i) for i in self.prompt_share]  # this process's share
         prompts = [e.prompt for e in examples for _ in range(G)]  # a group's completions are adjacent
         columns: dict[str, list[Any]] = {"answer": [e.answer for e in examples for _ in range(G)]}
+        columns["group"] = [step * n_prompts + i for i in self.prompt_share for _ in range(G)]  # the prompt's global number
         for key in examples[0].columns:
             columns[key] = [e.columns.get(key) for e in examples for _ in range(G)]
         rows = torch.arange(self.prompt_share.start * G, self.prompt_share.stop * G, device=self.device)  # global row ids

@@ -40,6 +40,11 @@ ColorFn = Callable[[Image.Image, list[Detection], str], list[str]]
 
 
 # -- rules ----------------------------------------------------------------------------------------
+def names_a_color(metadata: dict[str, Any]) -> bool:
+    """Whether a GenEval metadata row asks for a colour (any include entry with `color`)."""
+    return any("color" in item for item in metadata.get("include", []))
+
+
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

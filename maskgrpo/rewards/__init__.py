@@ -1,1 +1,1 @@
-from . import image, math  # noqa: F401
+from . import diversity, image, math  # noqa: F401

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...metrics.geneval import names_a_color
 from ...registry import detectors
 from .vocabulary import CLASSES, COLORS
-
-
-def names_a_color(metadata: dict[str, Any]) -> bool:
-    return any("color" in item for item in metadata.get("include", []))
 
 
 class HealthCounter:
