@@ -58,3 +58,17 @@ def test_a_detector_without_colours_is_a_clear_error() -> None:
     fn.backend = Colourless()
     with pytest.raises(MaskGRPOError, match="reads no colours"):
         fn(["p", "p"], [circle("red")] * 2, metadata=[FREE] * 2, group=[0, 0])
+
+
+def test_the_trainer_numbers_each_rollout_with_its_prompt(tmp_path) -> None:
+    from maskgrpo.recipe import load_recipe
+    from maskgrpo.trainer import GRPOTrainer
+
+    from .conftest import tiny_grpo_recipe
+
+    trainer = GRPOTrainer(load_recipe(tiny_grpo_recipe(tmp_path)))
+    seen: list[list[int]] = []
+    trainer.rewards.terms[1].fn = lambda prompts, completions, group, **kw: seen.append(list(group)) or [0.0] * len(completions)
+    trainer.train_step(0)
+    trainer.train_step(1)
+    assert seen == [[p for p in range(4) for _ in range(4)], [p for p in range(4, 8) for _ in range(4)]]
