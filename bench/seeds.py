@@ -12,6 +12,7 @@ evaluations (last / best, the "stays up" check) and the wall time of each run.
         --eval-set samples_per_prompt=8 --eval-set seed=1            # 3 seeds, 480 images each
     python -m bench.seeds recipes/shapes-grpo-maskgit.yaml --suite shapes --eval-set sampler.type=maskgit ...
     python -m bench.seeds R --set grpo.beta=0.05 --name beta0.05     # a sweep point: same command, overrides
+    python -m bench.seeds --combine bench/results/seeds-a.json bench/results/seeds-b.json --name ab  # one table
 """
 
 from __future__ import annotations
@@ -67,17 +68,25 @@ def mean_std(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipe")
-    parser.add_argument("--suite", required=True, help="the suite that scores before and after (e.g. shapes)")
+    parser.add_argument("recipe", nargs="?", help="the GRPO recipe (not with --combine)")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="merge result files of single-seed runs into one table (needs --name)")
+    parser.add_argument("--suite", help="the suite that scores before and after (e.g. shapes)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override for every seed")
     parser.add_argument("--eval-set", action="append", default=[], help="suite override, as `maskgrpo eval --set`")
     parser.add_argument("--before", default=None, help="the start model (default: the recipe's backbone preset)")
+    parser.add_argument("--held-out", nargs="*", default=[], metavar="TAG", help="tags that must not fall (mean after >= before), e.g. colors position color_attr")
     parser.add_argument("--min-gain", type=float, default=0.10, help="the gain every seed must reach")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default=None, help="results name (default: the recipe's stem)")
     parser.add_argument("--out", default="runs/bench-seeds", help="folder for the runs")
     args = parser.parse_args()
+    if args.combine:
+        if not args.name:
+            parser.error("--combine needs --name")
+        return combine(args.name, args.combine)
+    if not args.recipe or not args.suite:
+        parser.error("give RECIPE and --suite (or --combine)")
 
     import yaml
 
@@ -109,6 +118,11 @@ def main() -> None:
         runs.append(entry)
         print(f"  seed {seed}: {before['overall']:.3f} -> {after['overall']:.3f} ({after['overall'] - before['overall']:+.3f}) in {seconds:.0f} s", flush=True)
 
+    report(name, {"recipe": args.recipe, "overrides": args.overrides, "suite": args.suite, "eval_set": args.eval_set, "threads": args.threads, "held_out": args.held_out}, before, runs, args.min_gain)
+
+
+def report(name: str, meta: dict[str, Any], before: dict[str, float], runs: list[dict[str, Any]], min_gain: float) -> None:
+    """Print the per-tag table and the checks; save bench/results/seeds-NAME.json."""
     tags = [k for k in before if k != "overall"] + ["overall"]
     rows = [
         {
@@ -122,28 +136,45 @@ def main() -> None:
     ]
     gains = [r["after"]["overall"] - before["overall"] for r in runs]
     summary = {
-        "recipe": args.recipe,
-        "overrides": args.overrides,
-        "suite": args.suite,
-        "eval_set": args.eval_set,
-        "seeds": args.seeds,
-        "threads": args.threads,
+        **meta,
+        "seeds": [r["seed"] for r in runs],
         "before": before,
         "runs": runs,
         "gains": gains,
-        "every_seed_gains": all(g >= args.min_gain for g in gains),
-        "min_gain": args.min_gain,
+        "every_seed_gains": all(g >= min_gain for g in gains),
+        "min_gain": min_gain,
         "stays_up": all((r["last_over_best"] or 0) >= 0.8 for r in runs),
+        "held_out_falls": {t: statistics.mean(r["after"][t] for r in runs) - before[t] for t in meta.get("held_out", []) if statistics.mean(r["after"][t] for r in runs) < before[t]},
     }
     print(table(rows, list(rows[0])))
     print(
-        f"gain per seed: {', '.join(f'{g:+.3f}' for g in gains)}; every seed >= {args.min_gain}: {summary['every_seed_gains']}; "
+        f"gain per seed: {', '.join(f'{g:+.3f}' for g in gains)}; every seed >= {min_gain}: {summary['every_seed_gains']}; "
         f"last in-run eval >= 0.8 x best on every seed: {summary['stays_up']}; train s: {', '.join(str(r['train_seconds']) for r in runs)}"
     )
+    if meta.get("held_out"):
+        falls = summary["held_out_falls"]
+        print(f"held-out tags ({', '.join(meta['held_out'])}) falling on the mean: {', '.join(f'{t} {d:+.3f}' for t, d in falls.items()) or 'none'}")
+    best = [(r["seed"], r["best_model"]["overall"]) for r in runs if "best_model" in r]
+    if best:
+        print("model-best/: " + ", ".join(f"seed {s} {v:.3f} ({v - before['overall']:+.3f})" for s, v in best))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"seeds-{name}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"saved {path}")
+
+
+def combine(name: str, paths: list[str]) -> None:
+    """One table from several result files of the same recipe, overrides and suite (seeds run
+    as separate commands, e.g. side by side at one thread each); the before scores must agree."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("recipe", "overrides", "suite", "eval_set")
+    for p, part in zip(paths[1:], parts[1:]):
+        differ = [k for k in keys + ("before",) if part.get(k) != parts[0].get(k)]
+        if differ:
+            raise SystemExit(f"bench.seeds --combine: {p} differs from {paths[0]} in {', '.join(differ)}")
+    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["seed"])
+    meta = {k: parts[0][k] for k in keys} | {"threads": parts[0].get("threads"), "held_out": parts[0].get("held_out", []), "combined_from": paths}
+    report(name, meta, parts[0]["before"], runs, parts[0]["min_gain"])
 
 
 if __name__ == "__main__":
