@@ -6,7 +6,8 @@
 2. Pixels covered at least half by some colour form connected components (8-connected, per
    colour, found from horizontal runs with a union-find); fragments of a few pixels are merged
    into the object they touch or dropped.
-3. Per component: colour = nearest named colour of the median of its core pixels; a soft coverage
+3. Per component: colour = nearest named colour of the median of its core pixels (see
+   `_core_colour`: jittered colours and ringing Lanczos edges must not bias it); a soft coverage
    map against that colour gives a sub-pixel iso-0.5 contour, its convex hull and the hull's
    minimum-area rotated rectangle. The hull fills ~1.0 of that rectangle for a square (any
    rotation), pi/4 for a circle and 1/2 for a triangle; the ratio and the roundness 4*pi*A/P^2
@@ -88,6 +89,23 @@ def nearest_color(rgb: np.ndarray) -> str:
     return _NAMES[int(np.argmin(np.linalg.norm(_PALETTE - np.asarray(rgb, dtype=np.float64), axis=1)))]
 
 
+def _core_colour(pix: np.ndarray, palette_alpha: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """An object's own colour: the median of its core pixels. Core: at least 0.9 of the way from
+    the background to the nearest named colour, when at least half the object is (any render of
+    a named colour, jittered a little); else at least 0.9 of the way to the object's own median.
+    A colour jittered towards the grey otherwise leaves only the overshoot ring of a Lanczos edge
+    as core: too strong a colour, so the object's coverage comes out too faint (too small)."""
+    core = pix[palette_alpha >= 0.9]
+    if len(core) >= max(3, 0.5 * len(pix)):
+        return np.median(core, axis=0)
+    first = np.median(pix, axis=0)
+    D = first - bg
+    if float(D @ D) < 1e-6:
+        return first
+    core = pix[(pix - bg) @ D / float(D @ D) >= 0.9]
+    return np.median(core, axis=0) if len(core) >= 3 else first
+
+
 @detectors.register("shapes")
 class ShapesDetector:
     """Exact detector for flat-colour shapes on a grey background (no weights): components by
@@ -167,10 +185,7 @@ class ShapesDetector:
             m = comp == c
             if not m.any():
                 continue
-            pix = img[m]
-            core_alpha = best_alpha[m]
-            core = pix[core_alpha >= 0.9] if (core_alpha >= 0.9).sum() >= 3 else pix
-            median = np.median(core, axis=0)
+            median = _core_colour(img[m], best_alpha[m], bg)
             color = nearest_color(median)
             Dc = median - bg
             if float(Dc @ Dc) < 1e-6:
