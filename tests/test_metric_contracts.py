@@ -60,6 +60,7 @@ TINY_REWARDS: dict[str, tuple[str, list[dict[str, Any]]]] = {
     "format": ("text", [{}, {"style": "gsm8k_solution"}, {"style": "boxed"}, {"style": "xml"}]),
     "geneval": ("image", [{"detector": "shapes"}, {"detector": "shapes", "partial_credit": True}]),
     "clip_score": ("image", [{"model": TINY_CLIP, "pretrained": TINY_CLIP_WEIGHTS}]),
+    "color_diversity": ("image", [{}]),
 }
 TINY_DETECTORS: dict[str, list[dict[str, Any]]] = {
     "shapes": [{}],
@@ -92,12 +93,14 @@ def metric_batch(inputs: dict[str, list[Any]], rows: slice) -> dict[str, list[An
 
 def reward_call(fn: Any, modality: str, inputs: dict[str, list[Any]], rows: slice) -> list[Any]:
     """A reward called as RewardSet calls it: prompts, completions, then every dataset column
-    (an unknown one included: rewards must accept the columns they do not use)."""
+    (an unknown one included: rewards must accept the columns they do not use), and `group`, the
+    prompt number the trainer gives each rollout (here rows 2i and 2i + 1 form group i)."""
     n = len(inputs["prompts"][rows])
+    group = [i // 2 for i in range(len(inputs["prompts"]))][rows]
     if modality == "text":
-        columns = {"answer": inputs["answers"][rows], "unused_column": ["x"] * n}
+        columns = {"answer": inputs["answers"][rows], "group": group, "unused_column": ["x"] * n}
         return fn(inputs["prompts"][rows], inputs["completions"][rows], **columns)
-    columns = {"metadata": inputs["metadata"][rows], "unused_column": ["x"] * n}
+    columns = {"metadata": inputs["metadata"][rows], "group": group, "unused_column": ["x"] * n}
     return fn(inputs["prompts"][rows], inputs["images"][rows], **columns)
 
 
@@ -197,10 +200,12 @@ def test_reward_contract(local, modality: str, spec: Any) -> None:
     for v in values:
         assert v is None or (isinstance(v, float) and math.isfinite(v)), f"a reward value is a float or None, got {v!r}"
     assert list(reward_call(fn, modality, inputs, slice(0, n))) == pytest.approx(values, abs=1e-6)  # deterministic
-    # a completion's value is its own: the same alone as in its batch
-    alone = [list(reward_call(fn, modality, inputs, slice(i, i + 1))) for i in range(n)]
-    assert all(len(a) == 1 for a in alone)
-    assert [a[0] for a in alone] == pytest.approx(values, abs=1e-5)
+    # a completion's value is its own (or its group's, for rewards that compare group-mates): the
+    # same alone (with its group alone) as in the batch
+    size = 2 if getattr(fn, "group_relative", False) else 1
+    alone = [list(reward_call(fn, modality, inputs, slice(i, i + size))) for i in range(0, n, size)]
+    assert all(len(a) == size for a in alone)
+    assert [v for a in alone for v in a] == pytest.approx(values, abs=1e-5)
 
 
 # -- detectors ---------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ class ColorDiversityReward:
     """Needs a detector that reads colours (`shapes`); `group` is the trainer's column that numbers
     the prompt each rollout belongs to (a group's G rollouts share it)."""
 
+    group_relative = True  # a value depends on the rollout's group-mates, never on other groups
+
     def __init__(self, detector: str | dict = "shapes", threshold: float = THRESHOLD):
         self.backend = detectors.build(detector, where="color_diversity.detector")
         self.threshold = threshold
