@@ -144,7 +144,7 @@ def report(name: str, meta: dict[str, Any], before: dict[str, float], runs: list
         "every_seed_gains": all(g >= min_gain for g in gains),
         "min_gain": min_gain,
         "stays_up": all((r["last_over_best"] or 0) >= 0.8 for r in runs),
-        "held_out_falls": {t: statistics.mean(r["after"][t] for r in runs) - before[t] for t in meta.get("held_out", []) if statistics.mean(r["after"][t] for r in runs) < before[t]},
+        "held_out_falls": {r["tag"]: r["gain (mean)"] for r in rows if r["tag"] in meta.get("held_out", []) and r["gain (mean)"] < 0},
     }
     print(table(rows, list(rows[0])))
     print(
