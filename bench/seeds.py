@@ -166,7 +166,12 @@ def report(name: str, meta: dict[str, Any], before: dict[str, float], runs: list
 def combine(name: str, paths: list[str]) -> None:
     """One table from several result files of the same recipe, overrides and suite (seeds run
     as separate commands, e.g. side by side at one thread each); the before scores must agree."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = []
+    for p in paths:
+        try:
+            parts.append(json.loads(Path(p).read_text()))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"bench.seeds --combine: cannot read {p}: {err}") from None
     keys = ("recipe", "overrides", "suite", "eval_set")
     for p, part in zip(paths[1:], parts[1:]):
         differ = [k for k in keys + ("before",) if part.get(k) != parts[0].get(k)]

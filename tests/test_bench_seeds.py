@@ -36,3 +36,11 @@ def test_combine_refuses_runs_with_different_starting_scores(tmp_path: Path) -> 
     other = dict(BEFORE, overall=0.2)
     with pytest.raises(SystemExit, match="differs .* in before"):
         seeds.combine("ab", [result(tmp_path, 0, 0.3, 0.2), result(tmp_path, 1, 0.3, 0.2, before=other)])
+
+
+def test_combine_names_an_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "torn.json").write_text('{"runs": [')
+    with pytest.raises(SystemExit, match="cannot read .*torn.json"):
+        seeds.combine("ab", [result(tmp_path, 0, 0.3, 0.2), str(tmp_path / "torn.json")])
+    with pytest.raises(SystemExit, match="cannot read .*missing.json"):
+        seeds.combine("ab", [str(tmp_path / "missing.json")])
