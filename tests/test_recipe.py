@@ -21,6 +21,20 @@ def test_bundled_recipes_check(path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "ok" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("main_recipe", ["arith-grpo", "chain-grpo"])
+def test_ablation_recipes_differ_only_in_the_estimator(main_recipe: str) -> None:
+    """bench.learning compares estimators: any other difference (a budget, a seed, a sampler
+    setting) would be tuning one more than another."""
+    reference = load_recipe(REPO / "recipes" / f"{main_recipe}.yaml").model_dump()
+    family = sorted((REPO / "recipes").glob(f"{main_recipe}-*.yaml"))
+    assert len(family) >= 4
+    for path in family:
+        recipe = load_recipe(path).model_dump()
+        assert recipe["estimator"] != reference["estimator"], path.name
+        differ = {key for key in reference if reference[key] != recipe[key]} - {"name", "output_dir", "source"}
+        assert differ == {"estimator"}, f"{path.name}: also differs in {sorted(differ - {'estimator'})}"
+
+
 def test_overrides_are_typed_against_the_schema() -> None:
     recipe = load_recipe(REPO / "recipes/arith-grpo.yaml", ["grpo.beta=0.01", "train.steps=3", "optim.betas=[0.9, 0.95]"])
     assert recipe.grpo.beta == 0.01 and recipe.train.steps == 3 and recipe.optim.betas == (0.9, 0.95)
