@@ -38,5 +38,7 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     payload = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}", **payload}
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)  # never a half-written result
     return path

@@ -9,6 +9,7 @@ changes the rollouts, the masks and the problem order.
     python -m bench.learning --world chain        # 6 estimators x 3 seeds (issue 13's table)
     python -m bench.learning                      # the arithmetic world (8-token completions)
     python -m bench.learning --world chain --steps 10 --seeds 0 --estimators fading_out d1
+    python -m bench.learning --world chain --estimators d1 trace --name learning-chain-a   # one half per core
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--estimators", nargs="+", default=None, help="a subset of the world's (default: all)")
     parser.add_argument("--no-variance", action="store_true", help="skip the log-likelihood noise measurement")
+    parser.add_argument("--name", default=None, help="results name (default learning[-WORLD]); give two parallel halves their own")
     args = parser.parse_args()
     recipes = WORLDS[args.world]
     names = args.estimators or list(recipes)
     unknown = [n for n in names if n not in recipes]
     if unknown:
         raise SystemExit(f"bench.learning: --estimators: {unknown} not in world {args.world!r} ({', '.join(recipes)})")
-    name = "learning" if args.world == "arith" else f"learning-{args.world}"
+    name = args.name or ("learning" if args.world == "arith" else f"learning-{args.world}")
     rows, runs, curves = [], [], {}
     for estimator in names:
         finals, before, seconds, curves[estimator] = [], None, [], []

@@ -19,6 +19,7 @@ from maskgrpo.registry import samplers
 SHIPPED = {
     "arith-small": ("7+5=", "23+9=", 8, 8),
     "chain-small": ("7+5+7+8+4=", "3+4+9+2+8+6=", 64, 32),
+    "chain-carry": ("7+5+7+8+4=", "3+4+9+2+8+6=", 64, 32),
     "shapes-small": ("a red circle", "a photo of a green square below a blue triangle", 64, 64),
 }
 
