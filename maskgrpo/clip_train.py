@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from .errors import MaskGRPOError, RecipeError
 from .geneval_vocab import GenEvalTag
-from .recipe import _Strict, read_schema
+from .recipe import MAX_IMAGE_SIDE, MAX_LAYERS, MAX_ROWS, MAX_STEPS, MAX_TOKENS, MAX_WIDTH, _Strict, read_schema
 from .runtime import RunDirectory, StopSignal, lr_lambda, make_accelerator, stop_interrupted
 from .utils import atomic_directory, atomic_write_text
 from .worlds.shapes.clip_data import eval_set, training_batch
@@ -73,17 +73,17 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature at 1/100
 
 
 class ClipModelConfig(_Strict):
-    embed_dim: int = Field(64, ge=8, description="joint embedding size")
+    embed_dim: int = Field(64, ge=8, le=MAX_WIDTH, description="joint embedding size")
     timm_model_name: str = Field("test_resnet", description="timm vision trunk (random init); must accept image_size inputs")
     timm_pool: Literal["avg", "abs_attn", "rot_attn", ""] = "avg"
     timm_proj: Literal["linear", "mlp", "none"] = "linear"
-    image_size: int = Field(32, ge=8, description="network input size; the transform resizes images to it (none for renders of this size)")
+    image_size: int = Field(32, ge=8, le=MAX_IMAGE_SIDE, description="network input size; the transform resizes images to it (none for renders of this size)")
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    context_length: int = Field(16, ge=12, description="tokens per caption incl. <eos>; shapes prompts have at most 10 words")
-    text_width: int = Field(64, ge=8)
-    text_heads: int = Field(4, ge=1)
-    text_layers: int = Field(3, ge=1)
+    context_length: int = Field(16, ge=12, le=MAX_TOKENS, description="tokens per caption incl. <eos>; shapes prompts have at most 10 words")
+    text_width: int = Field(64, ge=8, le=MAX_WIDTH)
+    text_heads: int = Field(4, ge=1, le=MAX_WIDTH)
+    text_layers: int = Field(3, ge=1, le=MAX_LAYERS)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ClipModelConfig:
@@ -93,8 +93,8 @@ class ClipModelConfig(_Strict):
 
 
 class ClipTrainConfig(_Strict):
-    steps: int = Field(2200, ge=1)
-    batch_size: int = Field(48, ge=2, description="true scenes per step (each brings one wrong variant)")
+    steps: int = Field(2200, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(48, ge=2, le=MAX_ROWS, description="true scenes per step (each brings one wrong variant)")
     hard_negatives: Literal["minimal", "make_wrong", "none"] = Field(
         "minimal", description="one wrong-variant image-caption pair per scene: the same scene with one thing changed, a new scene (make_wrong), or none"
     )
@@ -107,13 +107,13 @@ class ClipTrainConfig(_Strict):
     )
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(50, ge=0, le=MAX_STEPS)
     max_grad_norm: float | None = Field(1.0, gt=0)
     init_logit_scale: float = Field(math.log(1 / 0.07), le=MAX_LOGIT_SCALE, description="log of the initial inverse temperature")
-    eval_every: int = Field(250, ge=0, description="0: evaluate only at the end")
-    eval_scenes: int = Field(150, ge=1, description="held-out scenes, each with every applicable wrong kind")
+    eval_every: int = Field(250, ge=0, le=MAX_STEPS, description="0: evaluate only at the end")
+    eval_scenes: int = Field(150, ge=1, le=MAX_ROWS, description="held-out scenes, each with every applicable wrong kind")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning rate after the warm-up")
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end or when stopped)")
+    save_every: int = Field(0, ge=0, le=MAX_STEPS, description="checkpoint every N steps (0: only at the end or when stopped)")
     device: str = "cpu"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     report_to: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
@@ -126,7 +126,7 @@ class ClipRecipe(_Strict):
     name: str
     seed: int = 0
     output_dir: str
-    image_size: int = Field(32, ge=8, description="size of the shapes renders trained and evaluated on")
+    image_size: int = Field(32, ge=8, le=MAX_IMAGE_SIDE, description="size of the shapes renders trained and evaluated on")
     model: ClipModelConfig = ClipModelConfig()
     train: ClipTrainConfig = ClipTrainConfig()
     save_to: str | None = Field(None, description="also save the trained model folder here")

@@ -54,6 +54,9 @@ MAX_ROWS = 1_000_000  # rollout rows per step (prompts_per_step x group_size), b
 MAX_STEPS = 100_000_000  # training steps, warm-up, intervals
 MAX_TOKENS = 1_000_000  # sequence sizes: gen_length, block_length, image_tokens, max_length, sampler steps
 MAX_ITERATIONS = 10_000  # inner updates per rollout batch
+MAX_IMAGE_SIDE = 4096  # rendered / network image sides (pixels) of the vq and clip recipes
+MAX_WIDTH = 65_536  # model widths and head counts of the small trainable models
+MAX_LAYERS = 1_024
 SIZE_OPTIONS = ("gen_length", "block_length", "image_tokens", "steps", "max_length")  # bounded in component specs
 
 

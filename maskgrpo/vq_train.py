@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from .recipe import Spec, _Strict, read_schema
+from .recipe import MAX_IMAGE_SIDE, MAX_ROWS, MAX_STEPS, Spec, _Strict, read_schema
 from .registry import tokenizers
 from .runtime import RunDirectory, StopSignal, local_share, lr_lambda, make_accelerator, reduce_sum, stop_interrupted
 from .utils import make_generator
@@ -26,16 +26,16 @@ from .worlds.shapes.vq_data import render_batch
 
 
 class VQTrainConfig(_Strict):
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(32, ge=1, description="global: each process renders and trains on its share")
+    steps: int = Field(1500, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(32, ge=1, le=MAX_ROWS, description="global: each process renders and trains on its share")
     lr: float = Field(2e-3, gt=0)
-    warmup_steps: int = Field(50, ge=0)
-    eval_every: int = Field(500, ge=0)
-    eval_images: int = Field(120, ge=1, description="fresh renders scored by the shapes detector at each evaluation")
+    warmup_steps: int = Field(50, ge=0, le=MAX_STEPS)
+    eval_every: int = Field(500, ge=0, le=MAX_STEPS)
+    eval_images: int = Field(120, ge=1, le=MAX_ROWS, description="fresh renders scored by the shapes detector at each evaluation")
     restart_dead_codes_every: int = Field(
-        100, ge=0, description="every this many steps, codes no batch picked since the last check move onto encoder outputs (0: never)"
+        100, ge=0, le=MAX_STEPS, description="every this many steps, codes no batch picked since the last check move onto encoder outputs (0: never)"
     )
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end or when stopped)")
+    save_every: int = Field(0, ge=0, le=MAX_STEPS, description="checkpoint every N steps (0: only at the end or when stopped)")
     device: str = "cpu"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     report_to: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
@@ -49,7 +49,7 @@ class VQRecipe(_Strict):
     seed: int = 0
     output_dir: str
     tokenizer: Spec
-    image_size: int = Field(32, ge=8)
+    image_size: int = Field(32, ge=8, le=MAX_IMAGE_SIDE)
     train: VQTrainConfig = VQTrainConfig()
     save_to: str | None = None
 

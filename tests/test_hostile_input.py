@@ -345,6 +345,24 @@ def test_check_refuses_absurd_sizes(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert expected in err and len(err) < 300 and time.time() - started < 10, err
 
 
+@pytest.mark.parametrize(
+    "recipe,assignment",
+    [
+        ("shapes-vq.yaml", "train.batch_size=100000000000"),
+        ("shapes-vq.yaml", "image_size=100000000000"),
+        ("shapes-vq.yaml", "train.eval_images=100000000000"),
+        ("shapes-clip.yaml", "model.text_width=100000000000"),
+        ("shapes-clip.yaml", "model.text_layers=100000000000"),
+        ("shapes-clip.yaml", "train.batch_size=100000000000"),
+        ("shapes-clip.yaml", "image_size=100000000000"),
+    ],
+)
+def test_check_refuses_absurd_vq_and_clip_sizes(capsys: pytest.CaptureFixture[str], recipe: str, assignment: str) -> None:
+    path = SHAPES_SUITE.parent.parent.parent / "recipes" / recipe
+    err = one_line_error(capsys, ["check", str(path), "--set", assignment])
+    assert assignment.split("=")[0] + ": Input should be less than or equal to" in err, err
+
+
 @pytest.mark.parametrize("assignment", ["samples_per_prompt=100000000000", "max_image_pixels=100000000000"])
 def test_eval_refuses_absurd_suite_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str], assignment: str) -> None:
     folder = shapes_outputs(tmp_path, rows=1, images=1)
