@@ -68,3 +68,15 @@ def test_every_world_recipe_exists(world: str) -> None:
     root = Path(__file__).resolve().parent.parent
     for path in learning.WORLDS[world].values():
         assert load_recipe(root / path).kind == "grpo"
+
+
+def test_cache_accuracy_rows_compare_each_mode_with_the_uncached_run() -> None:
+    from bench import cache_accuracy
+
+    rows = cache_accuracy.measure(["chain-small"], [None, 0.9], limit=2)
+    assert [(r["cache"], r["threshold"]) for r in rows] == [(c, t) for t in ("off", 0.9) for c in cache_accuracy.MODES]
+    assert rows[0]["vs none (points)"] == 0 and rows[0]["speed-up"] == 1
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["seconds"] > 0
+        assert r["vs none (points)"] == pytest.approx(100 * (r["accuracy"] - rows[0]["accuracy"]))
+    assert rows[-1]["speed-up"] > 1  # dual cache + threshold: fewer, smaller forwards
