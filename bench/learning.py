@@ -10,6 +10,7 @@ changes the rollouts, the masks and the problem order.
     python -m bench.learning                      # the arithmetic world (8-token completions)
     python -m bench.learning --world chain --steps 10 --seeds 0 --estimators fading_out d1
     python -m bench.learning --world chain --estimators d1 trace --name learning-chain-a   # one half per core
+    python -m bench.learning --world chain --combine bench/results/learning-chain-*.json --name learning-chain
 """
 
 from __future__ import annotations
@@ -78,6 +79,36 @@ def plot_curves(curves: dict[str, list[list[float]]], path: Path, title: str) ->
     return path
 
 
+def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[list[float]]]]:
+    """One row per estimator (in order of first appearance) over its seeds, and its reward curves."""
+    by_estimator: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_estimator.setdefault(run["estimator"], []).append(run)
+    rows = []
+    for estimator, group in by_estimator.items():
+        finals = [r["after"] for r in group]
+        rows.append(
+            {
+                "estimator": estimator,
+                "seeds": len(group),
+                "before": group[0]["before"],
+                "after mean": statistics.mean(finals),
+                "after std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                "gain": statistics.mean(finals) - group[0]["before"],
+                "seconds/run": statistics.mean(r["seconds"] for r in group),
+            }
+        )
+    return rows, {e: [r["rewards"] for r in group] for e, group in by_estimator.items()}
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of an earlier bench.learning result file; one line naming the file if unreadable."""
+    try:
+        return list(json.loads(path.read_text())["runs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"bench.learning: --combine: {path}: not a bench.learning result ({type(exc).__name__}: {exc})") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=sorted(WORLDS), default="arith")
@@ -85,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--estimators", nargs="+", default=None, help="a subset of the world's (default: all)")
     parser.add_argument("--no-variance", action="store_true", help="skip the log-likelihood noise measurement")
+    parser.add_argument("--combine", nargs="+", metavar="JSON", help="merge earlier result files (e.g. parallel halves) into one table and PNG; runs nothing")
     parser.add_argument("--name", default=None, help="results name (default learning[-WORLD]); give two parallel halves their own")
     args = parser.parse_args()
     recipes = WORLDS[args.world]
@@ -93,9 +125,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"bench.learning: --estimators: {unknown} not in world {args.world!r} ({', '.join(recipes)})")
     name = args.name or ("learning" if args.world == "arith" else f"learning-{args.world}")
-    rows, runs, curves = [], [], {}
-    for estimator in names:
-        finals, before, seconds, curves[estimator] = [], None, [], []
+    runs = [r for f in args.combine for r in read_runs(Path(f))] if args.combine else []
+    for estimator in [] if args.combine else names:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 overrides = [f"seed={seed}", f"output_dir={tmp}/run", "train.eval_every=0"]
@@ -104,28 +135,17 @@ def main() -> None:
                 trainer = GRPOTrainer(load_recipe(recipes[estimator], overrides), progress=False)
                 start = time.time()
                 summary = trainer.train()
-                seconds.append(time.time() - start)
-                curves[estimator].append(reward_curve(Path(tmp) / "run"))
-            before = summary["before"]
-            finals.append(summary["after"])
-            runs.append({"estimator": estimator, "seed": seed, "before": before, "after": summary["after"], "seconds": seconds[-1], "rewards": curves[estimator][-1]})
-            print(f"{estimator} seed {seed}: {before:.3f} -> {summary['after']:.3f} ({seconds[-1]:.0f} s)", flush=True)
-        rows.append(
-            {
-                "estimator": estimator,
-                "before": before,
-                "after mean": statistics.mean(finals),
-                "after std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-                "gain": statistics.mean(finals) - before,
-                "seconds/run": statistics.mean(seconds),
-            }
-        )
-    print(table(rows, ["estimator", "before", "after mean", "after std", "gain", "seconds/run"]))
+                seconds = time.time() - start
+                rewards = reward_curve(Path(tmp) / "run")
+            runs.append({"estimator": estimator, "seed": seed, "before": summary["before"], "after": summary["after"], "seconds": seconds, "rewards": rewards})
+            print(f"{estimator} seed {seed}: {summary['before']:.3f} -> {summary['after']:.3f} ({seconds:.0f} s)", flush=True)
+    rows, curves = summarise(runs)
+    print(table(rows, ["estimator", "seeds", "before", "after mean", "after std", "gain", "seconds/run"]))
     RESULTS.mkdir(exist_ok=True)
-    png = plot_curves(curves, RESULTS / f"{name}.png", f"GRPO on the {args.world} world, seeds {args.seeds}")
+    png = plot_curves(curves, RESULTS / f"{name}.png", f"GRPO on the {args.world} world, seeds {sorted({r['seed'] for r in runs})}")
     print(f"reward curves: {png}")
     payload: dict[str, Any] = {"world": args.world, "steps": args.steps, "seeds": args.seeds, "rows": rows, "runs": runs}
-    if not args.no_variance:
+    if not args.no_variance and not args.combine:
         from .estimator_variance import COLUMNS, measure
 
         payload["variance"] = measure({n: recipes[n] for n in names})

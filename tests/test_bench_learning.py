@@ -80,3 +80,20 @@ def test_cache_accuracy_rows_compare_each_mode_with_the_uncached_run() -> None:
         assert 0 <= r["accuracy"] <= 1 and r["seconds"] > 0
         assert r["vs none (points)"] == pytest.approx(100 * (r["accuracy"] - rows[0]["accuracy"]))
     assert rows[-1]["speed-up"] > 1  # dual cache + threshold: fewer, smaller forwards
+
+
+def test_combine_merges_parallel_halves_and_names_a_bad_file(tmp_path: Path) -> None:
+    def run(estimator: str, seed: int, after: float) -> dict:
+        return {"estimator": estimator, "seed": seed, "before": 0.1, "after": after, "seconds": 10.0, "rewards": [0.1, 0.2]}
+
+    half_a, half_b = tmp_path / "a.json", tmp_path / "b.json"
+    half_a.write_text(json.dumps({"runs": [run("d1", 0, 0.2), run("fading_out", 0, 0.3)]}))
+    half_b.write_text(json.dumps({"runs": [run("d1", 1, 0.4)]}))
+    rows, curves = learning.summarise(learning.read_runs(half_a) + learning.read_runs(half_b))
+    assert [(r["estimator"], r["seeds"]) for r in rows] == [("d1", 2), ("fading_out", 1)]
+    assert rows[0]["after mean"] == pytest.approx(0.3) and rows[0]["gain"] == pytest.approx(0.2)
+    assert rows[0]["after std"] == pytest.approx(0.1414, abs=1e-4) and rows[1]["after std"] == 0.0
+    assert len(curves["d1"]) == 2
+    (tmp_path / "torn.json").write_text('{"runs": [')
+    with pytest.raises(SystemExit, match="torn.json: not a bench.learning result"):
+        learning.read_runs(tmp_path / "torn.json")
