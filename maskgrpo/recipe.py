@@ -342,7 +342,22 @@ def read_schema(
     try:
         return schema.model_validate({**data, **extra})
     except pydantic.ValidationError as err:
-        raise RecipeError(f"{path}: {format_validation_error(err)}") from None
+        raise RecipeError(f"{path}: {format_validation_error(err)}{section_hint(err, schema)}") from None
+
+
+def section_hint(err: pydantic.ValidationError, schema: type[pydantic.BaseModel]) -> str:
+    """For an unknown top-level field that a section has (`mixed_precision`, which lives in
+    `train`): `; did you mean train.mixed_precision?`, so the fix is in the error line."""
+    first = sorted(err.errors(), key=lambda e: e.get("type") != "extra_forbidden")[0]
+    loc = first.get("loc", ())
+    if first.get("type") != "extra_forbidden" or len(loc) != 1:
+        return ""
+    homes = []
+    for section, field in schema.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and loc[0] in model.model_fields:
+            homes.append(f"{section}.{loc[0]}")
+    return f"; did you mean {' or '.join(homes)}?" if homes else ""
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_components: bool = True) -> Recipe:

@@ -53,6 +53,22 @@ def test_hold_out_keeps_suite_prompts_of_large_tags_out_of_training() -> None:
     assert {plain.train_example(i).prompt for i in range(100)} & suite
 
 
+def test_tag_weights_set_the_training_mix_and_are_checked() -> None:
+    from collections import Counter
+
+    def shares(**config: object) -> Counter:
+        task = tasks.build({"type": "shapes", "tags": ["single_object", "colors", "counting"], **config})
+        return Counter(task.train_example(i).columns["metadata"]["tag"] for i in range(900))
+
+    plain = shares()
+    assert all(250 < plain[t] < 350 for t in ("single_object", "colors", "counting"))
+    weighted = shares(tag_weights={"colors": 4, "counting": 0})  # single_object keeps weight 1
+    assert weighted["counting"] == 0 and 650 < weighted["colors"] < 790 and weighted["single_object"] > 110
+    for bad, message in (({"position": 2}, "not among task.tags"), ({"colors": -1}, ">= 0"), ({"colors": float("nan")}, "finite")):
+        with pytest.raises(MaskGRPOError, match=message):
+            tasks.build({"type": "shapes", "tags": ["single_object", "colors"], "tag_weights": bad})
+
+
 @pytest.mark.parametrize("tag", TAGS)
 def test_canonical_scenes_are_upright_on_the_token_grid_and_correct(tag: str) -> None:
     from maskgrpo.metrics.geneval import GenEvalMetric

@@ -42,6 +42,11 @@ def test_overrides_are_typed_against_the_schema() -> None:
         load_recipe(REPO / "recipes/arith-grpo.yaml", ["train.steps=many"])
     with pytest.raises(RecipeError, match=r"grpo\.betta: unknown field"):
         load_recipe(REPO / "recipes/arith-grpo.yaml", ["grpo.betta=0.1"])
+    # a section's field given at the top level: the error names where it lives
+    with pytest.raises(RecipeError, match=r"mixed_precision: unknown field; did you mean train\.mixed_precision\?$"):
+        load_recipe(REPO / "recipes/arith-grpo.yaml", ["mixed_precision=bf16"])
+    with pytest.raises(RecipeError, match=r"colour: unknown field$"):
+        load_recipe(REPO / "recipes/arith-grpo.yaml", ["colour=red"])
 
 
 def test_override_turns_a_named_component_into_a_mapping() -> None:

@@ -82,14 +82,20 @@ def make_example(
 
 
 def sample_scene(
-    rng: random.Random, tags: list[str] | tuple[str, ...] = TAGS, size: int = 32, canonical: bool = False
+    rng: random.Random,
+    tags: list[str] | tuple[str, ...] = TAGS,
+    size: int = 32,
+    canonical: bool = False,
+    weights: list[float] | None = None,
 ) -> tuple[dict[str, Any], Image.Image]:
-    """A random prompt from `tags` with a correct render. A crowded layout that does not fit
-    (PlacementError) is redrawn with another prompt. `canonical`: upright, one-size-per-class shapes
-    on the token grid (what the small policy is taught; any correct scene still scores 1)."""
+    """A random prompt from `tags` (uniform, or in proportion to `weights`) with a correct render.
+    A crowded layout that does not fit (PlacementError) is redrawn with another prompt.
+    `canonical`: upright, one-size-per-class shapes on the token grid (what the small policy is
+    taught; any correct scene still scores 1)."""
     while True:
+        tag = rng.choice(tags) if weights is None else rng.choices(tags, weights)[0]
         try:
-            metadata, objects = make_example(rng.choice(tags), rng, size, canonical)
+            metadata, objects = make_example(tag, rng, size, canonical)
             break
         except PlacementError:
             continue

@@ -11,6 +11,7 @@ training stream skips every suite prompt of the tags with room to spare (`colors
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,12 @@ class ShapesTask:
         n_eval: int = 60,
         canonical: bool = False,
         hold_out: bool = False,
+        tag_weights: dict[str, float] | None = None,
     ):
         unknown = [t for t in tags if t not in TAGS]
         if unknown or not tags:
             raise MaskGRPOError(f"task.tags: unknown tag(s) {unknown}; known: {', '.join(TAGS)}")
+        self.weights = self._weights(list(tags), tag_weights)
         self.tags, self.size, self.seed, self.n_eval, self.canonical = list(tags), size, seed, n_eval, canonical
         self.eval_path = Path(eval_path) if eval_path else SUITE
         if not self.eval_path.is_file():
@@ -56,11 +59,26 @@ class ShapesTask:
         self._health: Any = None
         self.held_out = {e.prompt for e in self.eval_examples() if e.columns["metadata"]["tag"] in HOLD_OUT_TAGS} if hold_out else set()
 
+    @staticmethod
+    def _weights(tags: list[str], tag_weights: dict[str, float] | None) -> list[float] | None:
+        """`tag_weights` ({tag: weight}, 1 for a tag not named) as a list in `tags`' order; None
+        (uniform) when not given. A prompt naming colours is the only place colour words are
+        rewarded, so weighting those tags up is a lever against the colour collapse (issue 16)."""
+        if tag_weights is None:
+            return None
+        stray = [t for t in tag_weights if t not in tags]
+        if stray:
+            raise MaskGRPOError(f"task.tag_weights: {stray} not among task.tags ({', '.join(tags)})")
+        weights = [float(tag_weights.get(t, 1.0)) for t in tags]
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise MaskGRPOError("task.tag_weights: weights must be finite, >= 0 and not all 0")
+        return weights
+
     def train_example(self, index: int) -> Example:
         rng = random.Random(self.seed * 1_000_003 + index)
-        metadata, image = sample_scene(rng, self.tags, self.size, self.canonical)
+        metadata, image = sample_scene(rng, self.tags, self.size, self.canonical, self.weights)
         while metadata["prompt"] in self.held_out:
-            metadata, image = sample_scene(rng, self.tags, self.size, self.canonical)
+            metadata, image = sample_scene(rng, self.tags, self.size, self.canonical, self.weights)
         return Example(prompt=metadata["prompt"], answer="", columns={"metadata": metadata, "image": image})
 
     def health_counts(self, images: list[Any], columns: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
