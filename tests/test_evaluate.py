@@ -47,7 +47,7 @@ def error_line(capsys) -> str:
 # -- suites ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, rows, modality",
-    [("gsm8k", 1319, "text"), ("math500", 500, "text"), ("geneval", 553, "image"), ("shapes", 60, "image")],
+    [("gsm8k", 1319, "text"), ("math500", 500, "text"), ("geneval", 553, "image"), ("shapes", 60, "image"), ("shapes-colors-trained", 20, "image")],
 )
 def test_bundled_suites_validate(name, rows, modality):
     suite = load_suite(EVALS / f"{name}.yaml")

@@ -53,6 +53,17 @@ def test_hold_out_keeps_suite_prompts_of_large_tags_out_of_training() -> None:
     assert {plain.train_example(i).prompt for i in range(100)} & suite
 
 
+def test_trained_colors_suite_is_the_colour_prompts_training_keeps() -> None:
+    from maskgrpo.worlds.shapes.prompts import trained_color_rows
+
+    task = tasks.build({"type": "shapes", "tags": ["colors"], "hold_out": True})
+    shipped = [json.loads(x) for x in (REPO / "maskgrpo/suites/shapes-colors-trained/metadata.jsonl").read_text().splitlines()]
+    assert shipped == trained_color_rows([e.columns["metadata"] for e in task.eval_examples()])
+    trained = {r["prompt"] for r in shipped}
+    assert len(trained) == 20 and not trained & task.held_out
+    assert {task.train_example(i).prompt for i in range(400)} == trained  # what the colors stream draws
+
+
 def test_tag_weights_set_the_training_mix_and_are_checked() -> None:
     from collections import Counter
 

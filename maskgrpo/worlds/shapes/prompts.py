@@ -185,6 +185,20 @@ def suite_metadata(n_per_tag: int = 10, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def trained_color_rows(suite_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every `colors` prompt that `hold_out: true` leaves in training (the 30 of the world minus
+    the suite's): the `shapes-colors-trained` suite. Scored beside the suite's held-out colors
+    tag, it tells memorised (colour, class) pairs from colour words that generalise (issue 16)."""
+    held = {r["prompt"] for r in suite_rows if r["tag"] == "colors"}
+    rows = []
+    for a in CLASSES:
+        for c in COLORS:
+            prompt = f"a photo of {article(c)} {c} {a}"
+            if prompt not in held:
+                rows.append({"tag": "colors", "include": [{"class": a, "count": 1, "color": c}], "prompt": prompt})
+    return rows
+
+
 def write_suite_metadata(path: str | Path, n_per_tag: int = 10, seed: int = 0) -> list[dict[str, Any]]:
     """Write `suite_metadata(n_per_tag, seed)` as JSON lines (GenEval's file format)."""
     rows = suite_metadata(n_per_tag, seed)
