@@ -83,6 +83,12 @@ class GRPOConfig(_Strict):
     loss_agg: Literal["token", "seq"] = "token"
     ref_sync_steps: int | None = Field(None, ge=1, description="copy the policy into the reference every K steps")
     disable_dropout: bool = Field(True, description="zero every dropout in the policy (LoRA's too), as TRL's GRPO does: ratio 1 at mu = 1")
+    sft_coef: float = Field(
+        0.0,
+        ge=0,
+        description="PPO-ptx (InstructGPT): add this times the masked-diffusion SFT loss on the step's prompts' reference "
+        "completions (the task's targets) to every inner update, so RL keeps what SFT taught where the reward is silent",
+    )
 
 
 class OptimConfig(_Strict):

@@ -47,6 +47,7 @@ from .runtime import (
     make_accelerator,
     reduce_sum,
 )
+from .sft import draw_masks
 from .utils import RowGenerators, make_generator
 
 class GRPOTrainer:
@@ -110,6 +111,7 @@ class GRPOTrainer:
         for key in examples[0].columns:
             columns[key] = [e.columns.get(key) for e in examples for _ in range(G)]
         rows = torch.arange(self.prompt_share.start * G, self.prompt_share.stop * G, device=self.device)  # global row ids
+        sft = self._sft_batch(examples, step) if cfg.sft_coef > 0 else None  # PPO-ptx: the task's targets
 
         # 1. Roll out with the current policy (it is theta_old for the whole step).
         ids, attn = encode_prompts(self.tokenizer, prompts, self.device)
@@ -167,14 +169,14 @@ class GRPOTrainer:
         # 4. mu inner updates, each over all micro-batches (every rate used exactly once).
         # ratio/first_max_dev: max |rho - 1| in the first inner iteration, 0 unless old and current
         # log-probs disagree before any update (dropout, a mode switch); ratio/max_dev: all of them
-        stats = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "ratio/max_dev": 0.0}
+        stats = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "ratio/max_dev": 0.0, **({"sft_loss": 0.0} if sft else {})}
         sequences = torch.arange(rollout.tokens.shape[0], device=self.device)
         skipped_updates = 0
         for j, view in enumerate(views):
             targets, sequence = view.of_rollout(rollout.tokens), view.of_rollout(sequences)
-            update = self._inner_update(view, targets, old[j], ref[j], view.of_rollout(advantages), len(sequences), sequence)
+            update = self._inner_update(view, targets, old[j], ref[j], view.of_rollout(advantages), len(sequences), sequence, sft)
             skipped_updates += not update["ok"]
-            for key in ("loss", "kl", "clip_ratio"):
+            for key in ("loss", "kl", "clip_ratio", *(("sft_loss",) if sft else ())):
                 stats[key] += update[key] / len(views)
             stats["ratio/max_dev"] = max(stats["ratio/max_dev"], update["ratio_max_dev"])
             if j == 0:
@@ -187,6 +189,26 @@ class GRPOTrainer:
             row["skipped_updates"] = skipped_updates
         row["seconds"] = time.time() - started
         return row
+
+    def _sft_batch(self, examples: list[Any], step: int) -> dict[str, torch.Tensor]:
+        """The PPO-ptx term's inputs: each prompt's reference completion (`modality.targets`: the
+        text target, or the image's VQ codes) with every token masked with probability t ~
+        U(1e-3, 1), as SFT draws them (seeded per prompt, so it is the same on any process);
+        scored at the masked positions, their mean log-probability is MaskGIT's SFT objective."""
+        try:
+            target = self.modality.targets(examples, self.sampler.gen_length, self.device)
+        except KeyError as err:
+            raise MaskGRPOError(f"grpo.sft_coef: the task gives no reference completions (no {err} column)") from None
+        prompt, attn = encode_prompts(self.tokenizer, [e.prompt for e in examples], self.device)
+        noise = RowGenerators.seeded(self.recipe.seed, step, 2_000_000, rows=torch.arange(self.prompt_share.start, self.prompt_share.stop))
+        _, masked, _ = draw_masks(len(examples), target.shape[1], noise, 1e-3, 0.0, self.device)
+        unmasked = torch.zeros_like(prompt, dtype=torch.bool)
+        return {
+            "inputs": torch.cat([prompt, target.masked_fill(masked, self.mask_id)], dim=1),
+            "targets": torch.cat([prompt, target], dim=1),
+            "select": torch.cat([unmasked, masked], dim=1),
+            "attention_mask": torch.cat([attn.bool(), torch.ones_like(target, dtype=torch.bool)], dim=1),
+        }
 
     def _logprobs(self, scorer: Any, view: MaskedView, targets: torch.Tensor, rows: slice = slice(None), entropy: bool = False) -> Any:
         """log p of the view's scored targets (and, with `entropy`, the prediction's entropy there)."""
@@ -228,6 +250,7 @@ class GRPOTrainer:
         advantages: torch.Tensor,
         n_sequences: int,
         sequence: torch.Tensor,
+        sft: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """One optimiser step over every micro-batch of `view`. `sequence[i]` is the local rollout
         row of view row i: a stacked view (trace) holds several rows per sequence, and seq-mean
@@ -242,7 +265,13 @@ class GRPOTrainer:
         total_sequences = n_sequences * world
         micro_batches = self._micro_batches(targets.shape[0])
         self.opt.zero_grad(set_to_none=True)
-        loss_sum = kl_sum = clipped = dev = 0.0
+        loss_sum = kl_sum = clipped = dev = sft_loss = 0.0
+        if sft is not None:  # PPO-ptx; its gradient is all-reduced with the micro-batches' below
+            with self.acc.no_sync(self.trained_scorer), self.acc.autocast():
+                logp = self.trained_scorer(**sft)
+                term = -logp.sum() / max(reduce_sum(self.acc, logp.numel()), 1)  # global masked-token mean
+                self.acc.backward(cfg.sft_coef * term * world)
+            sft_loss = reduce_sum(self.acc, term.item())
         for rows in micro_batches:
             lo = rows.start
             span = slice(int(offsets[rows.start]), int(offsets[rows.stop]))
@@ -268,7 +297,7 @@ class GRPOTrainer:
                 tqdm.write(f"step {self.step + 1}: non-finite loss; inner update skipped")
             self.opt.zero_grad(set_to_none=True)
             nan = float("nan")
-            return {"loss": nan, "kl": nan, "clip_ratio": nan, "ratio_max_dev": nan, "ok": False}
+            return {"loss": nan, "kl": nan, "clip_ratio": nan, "ratio_max_dev": nan, "sft_loss": nan, "ok": False}
         if o.max_grad_norm is not None:
             self.acc.clip_grad_norm_(params, o.max_grad_norm)
         self.opt.step()
@@ -279,6 +308,7 @@ class GRPOTrainer:
             "kl": reduce_sum(self.acc, kl_sum) / n,
             "clip_ratio": reduce_sum(self.acc, clipped) / n,
             "ratio_max_dev": max(gather_list(self.acc, [dev])),
+            "sft_loss": sft_loss,
             "ok": True,
         }
 

@@ -85,6 +85,32 @@ def test_reward_rises_on_a_learnable_reward(tmp_path: Path) -> None:
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 1.0, rewards
 
 
+def test_sft_coef_teaches_the_reference_completions_when_the_reward_is_silent(tmp_path: Path) -> None:
+    """Equal rewards give zero advantages, so with beta 0 only the PPO-ptx term can move the
+    policy: without it nothing changes; with it the parameters move and its loss falls."""
+    def run(sft_coef: float, sub: str) -> tuple[GRPOTrainer, dict[str, torch.Tensor], list[dict]]:
+        path = tiny_grpo_recipe(tmp_path / sub, grpo={"group_size": 4, "num_iterations": 2, "sft_coef": sft_coef}, optim={"lr": 3e-3})
+        trainer = GRPOTrainer(load_recipe(path), progress=False)
+        trainer.rewards.terms[0].fn = lambda prompts, completions, **kw: [1.0] * len(completions)
+        trainer.rewards.terms[1].fn = lambda prompts, completions, **kw: [0.0] * len(completions)
+        before = params(trainer)
+        return trainer, before, [trainer.train_step(s) for s in range(10)]
+
+    silent, before, rows = run(0.0, "off")
+    assert all(torch.equal(before[k], v) for k, v in params(silent).items()) and "sft_loss" not in rows[0]
+    taught, before, rows = run(1.0, "on")
+    assert any(not torch.equal(before[k], v) for k, v in params(taught).items())
+    # scored are exactly the masked completion tokens, against the reference completion
+    examples = [taught.task.train_example(i) for i in range(4)]
+    batch = taught._sft_batch(examples, step=0)
+    select, inputs, targets = batch["select"], batch["inputs"], batch["targets"]
+    assert select.any() and torch.equal(inputs[select], torch.full_like(inputs[select], taught.mask_id))
+    assert torch.equal(inputs[~select], targets[~select]) and not select[:, : inputs.shape[1] - 8].any()
+    assert torch.equal(targets[:, -8:], taught.modality.targets(examples, 8, "cpu"))
+    losses = [r["sft_loss"] for r in rows]
+    assert all(math.isfinite(x) and x > 0 for x in losses) and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     straight = load_recipe(tiny_grpo_recipe(tmp_path / "a", train={"steps": 4, "prompts_per_step": 2, "eval_every": 2}))
     GRPOTrainer(straight, progress=False).train()
