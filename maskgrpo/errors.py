@@ -47,11 +47,16 @@ def no_bool_for_numbers(value: object, annotation: object, name: str) -> object:
     return value
 
 
+def sorted_errors(err: "pydantic.ValidationError") -> list[dict]:  # noqa: F821
+    """pydantic's errors, an unknown field first: it is usually a typo that also causes a
+    "missing" error, so it is the one to report."""
+    return sorted(err.errors(), key=lambda e: e.get("type") != "extra_forbidden")
+
+
 def format_validation_error(err: "pydantic.ValidationError", prefix: str = "") -> str:  # noqa: F821
     """One line naming the first offending field, e.g. `sampler.steps: Input should be a valid
     integer (got 'abc')`; pydantic's multi-line report is too long for a CLI error."""
-    # an unknown field is usually a typo that also causes a "missing" error: report it first
-    errors = sorted(err.errors(), key=lambda e: e.get("type") != "extra_forbidden")
+    errors = sorted_errors(err)
     first = errors[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
     path = ".".join(p for p in (prefix, loc) if p)

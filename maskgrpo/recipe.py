@@ -20,7 +20,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import MaskGRPOError, RecipeError, format_validation_error, no_bool_for_numbers
+from .errors import MaskGRPOError, RecipeError, format_validation_error, no_bool_for_numbers, sorted_errors
 from .paths import resolve_fields, resolve_override
 from .registry import REGISTRIES, load_entry_point_plugins, load_plugins
 
@@ -354,7 +354,7 @@ def read_schema(
 def section_hint(err: pydantic.ValidationError, schema: type[pydantic.BaseModel]) -> str:
     """For an unknown top-level field that a section has (`mixed_precision`, which lives in
     `train`): `; did you mean train.mixed_precision?`, so the fix is in the error line."""
-    first = sorted(err.errors(), key=lambda e: e.get("type") != "extra_forbidden")[0]
+    first = sorted_errors(err)[0]
     loc = first.get("loc", ())
     if first.get("type") != "extra_forbidden" or len(loc) != 1:
         return ""

@@ -195,6 +195,8 @@ class GRPOTrainer:
         text target, or the image's VQ codes) with every token masked with probability t ~
         U(1e-3, 1), as SFT draws them (seeded per prompt, so it is the same on any process);
         scored at the masked positions, their mean log-probability is MaskGIT's SFT objective."""
+        if self.modality.name == "text" and not all(e.target for e in examples):
+            raise MaskGRPOError("grpo.sft_coef: the task gives no reference completions (an example's `target` is empty)")
         try:
             target = self.modality.targets(examples, self.sampler.gen_length, self.device)
         except KeyError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -107,6 +108,8 @@ def test_sft_coef_teaches_the_reference_completions_when_the_reward_is_silent(tm
     assert select.any() and torch.equal(inputs[select], torch.full_like(inputs[select], taught.mask_id))
     assert torch.equal(inputs[~select], targets[~select]) and not select[:, : inputs.shape[1] - 8].any()
     assert torch.equal(targets[:, -8:], taught.modality.targets(examples, 8, "cpu"))
+    with pytest.raises(MaskGRPOError, match="grpo.sft_coef: the task gives no reference completions"):
+        taught._sft_batch([dataclasses.replace(e, target="") for e in examples], step=0)
     losses = [r["sft_loss"] for r in rows]
     assert all(math.isfinite(x) and x > 0 for x in losses) and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
 
